@@ -1,0 +1,25 @@
+# Two commands do everything on a fresh clone: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test setup clean
+
+# The venv is rebuilt only when the pins or the package metadata change.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	WANDB_MODE=disabled $(VENV)/bin/jointprune fit --config experiments/quickstart.yaml
+
+test: $(STAMP)
+	WANDB_MODE=disabled $(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) lightning_logs runs .pytest_cache

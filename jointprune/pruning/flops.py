@@ -1,0 +1,183 @@
+"""Exact FLOPs of any choice of kept channels, in torch-pruning's counting convention.
+
+torch-pruning's counter (`tp.utils.count_ops_and_params`) adds, per counted module call, terms
+that are products of at most two channel counts (conv: in x out / groups x spatial, plus bias,
+BN, activation and pooling terms linear in channels). Each channel count is affine in the kept
+channels of the groups, so the whole figure is a quadratic polynomial of the kept-channel vector
+k: F(k) = c + a.k + k'Bk. We *measure* the affine maps instead of deriving them: remove one
+channel of each group in turn with torch-pruning's own surgery on a copy and record every counted
+call's channel counts. That makes the model match the counter on the extracted network by
+construction, for any CNN the counter and the dependency graph understand.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch_pruning.utils import op_counter
+
+from .structure import ChannelStructure, StructureError
+
+_NUMEL_IN = (tuple(k for k, v in op_counter.MODULES_MAPPING.items()
+                   if v in (op_counter.pool_flops_counter_hook, op_counter.bn_flops_counter_hook,
+                            op_counter.ln_flops_counter_hook)))
+_NUMEL_OUT = (tuple(k for k, v in op_counter.MODULES_MAPPING.items()
+                    if v in (op_counter.relu_flops_counter_hook, op_counter.upsample_flops_counter_hook)))
+
+
+def _record_calls(model: nn.Module, x: torch.Tensor) -> list[dict]:
+    """The quantities each counted module call's FLOPs depend on, in call order."""
+    calls: list[dict] = []
+
+    def hook(module, inputs, output):
+        kind = type(module)
+        inp = inputs[0]
+        rec = {"kind": kind, "module": module}
+        if isinstance(module, nn.modules.conv._ConvNd):
+            rec.update(cin=module.in_channels, cout=module.out_channels, groups=module.groups,
+                       spatial=int(np.prod(output.shape[2:])) * inp.shape[0],
+                       kernel=int(np.prod(module.kernel_size)), bias=module.bias is not None)
+        elif isinstance(module, nn.Linear):
+            rec.update(nin=inp.numel(), cout=output.shape[-1], bias=module.bias is not None)
+        elif kind in _NUMEL_IN:  # pooling and norms count their input; affine norms twice
+            affine = getattr(module, "affine", getattr(module, "elementwise_affine", False))
+            rec.update(nin=inp.numel(), factor=2 if affine else 1)
+        elif kind in _NUMEL_OUT:  # activations and upsampling count their output
+            rec.update(nout=output.numel())
+        else:
+            raise StructureError(f"jointprune's FLOPs model does not support {kind.__name__} layers; "
+                                 "use convolutions, linear layers, norms, activations and pooling.")
+        calls.append(rec)
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if op_counter.is_supported_instance(m)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+class Affine:
+    """v(k) = v0 + w . (k - n): a channel count as a function of the kept-channel vector."""
+
+    def __init__(self, v0: float, w: np.ndarray):
+        self.v0, self.w = float(v0), w
+
+
+class Quadratic:
+    """F(k) = const + lin . d + d' Q d with d = k - n (deviation from dense)."""
+
+    def __init__(self, n_groups: int):
+        self.const = 0.0
+        self.lin = np.zeros(n_groups)
+        self.quad = np.zeros((n_groups, n_groups))
+
+    def add_linear(self, a: Affine, scale: float) -> None:
+        self.const += scale * a.v0
+        self.lin += scale * a.w
+
+    def add_product(self, a: Affine, b: Affine, scale: float) -> None:
+        self.const += scale * a.v0 * b.v0
+        self.lin += scale * (a.v0 * b.w + b.v0 * a.w)
+        self.quad += scale * np.outer(a.w, b.w)
+
+
+class FlopsModel:
+    """Vectorised exact FLOPs (and the budget bounds) for a ChannelStructure."""
+
+    def __init__(self, structure: ChannelStructure):
+        self.structure = structure
+        self.sizes = np.asarray(structure.sizes, dtype=np.float64)
+        x = structure.example_input[:1]
+        model = structure.model
+        was_training = model.training
+        model.eval()
+        try:
+            self.poly = self._fit(model, structure, x)
+        finally:
+            model.train(was_training)
+        # Symmetrise so that batched evaluation is one einsum.
+        self._quad = (self.poly.quad + self.poly.quad.T) / 2
+        self.dense = self(self.sizes)
+
+    @staticmethod
+    def _fit(model: nn.Module, structure: ChannelStructure, x: torch.Tensor) -> Quadratic:
+        # Surgery happens on a copy, so the live model stays untouched.
+        probe = copy.deepcopy(model)
+        probe_structure = ChannelStructure(probe, x, prune_coupled=structure.prune_coupled)
+        base = _record_calls(probe, x)
+        names = [g.name for g in structure.groups]
+        if [g.name for g in probe_structure.groups] != names:
+            raise StructureError("the network's channel groups changed between two traces; "
+                                 "jointprune needs a deterministic forward pass.")
+        probe_modules = dict(probe.named_modules())
+        n = len(names)
+        deltas = []
+        prev = [_quantities(c) for c in base]
+        for g, name in enumerate(names):
+            root = probe_modules[name]
+            fn = probe_structure.graph.get_pruner_of_module(root).prune_out_channels
+            last = probe_structure.graph.get_out_channels(root) - 1
+            probe_structure.graph.get_pruning_group(root, fn, [last]).prune()
+            now = [_quantities(c) for c in _record_calls(probe, x)]
+            if len(now) != len(prev):
+                raise StructureError("the network's forward pass changed its layer calls after pruning; "
+                                     "jointprune needs a static forward pass.")
+            # One channel fewer in group g changes each quantity by -w_g.
+            deltas.append([{k: prev[i][k] - now[i][k] for k in prev[i]} for i in range(len(now))])
+            prev = now
+
+        def affine(i: int, key: str) -> Affine:
+            return Affine(_quantities(base[i])[key], np.array([deltas[g][i][key] for g in range(n)], dtype=np.float64))
+
+        poly = Quadratic(n)
+        for i, call in enumerate(base):
+            kind = call["kind"]
+            if "kernel" in call:  # convolution
+                depthwise = call["groups"] > 1 and call["groups"] == call["cin"] == call["cout"]
+                per_position = call["kernel"] * call["spatial"]
+                if depthwise:  # in x out / groups == channels, and groups shrinks with them
+                    poly.add_linear(affine(i, "cout"), per_position)
+                else:
+                    poly.add_product(affine(i, "cin"), affine(i, "cout"), per_position / call["groups"])
+                if call["bias"]:
+                    poly.add_linear(affine(i, "cout"), call["spatial"])
+            elif kind is nn.Linear:
+                poly.add_product(affine(i, "nin"), affine(i, "cout"), 1.0)
+                if call["bias"]:
+                    poly.add_linear(affine(i, "cout"), 1.0)
+            elif "nin" in call:
+                poly.add_linear(affine(i, "nin"), call["factor"])
+            else:
+                poly.add_linear(affine(i, "nout"), 1.0)
+        return poly
+
+    def __call__(self, kept) -> float | np.ndarray:
+        """FLOPs for one kept-channel vector (shape [G]) or a batch (shape [N, G])."""
+        k = np.asarray(kept, dtype=np.float64)
+        d = k - self.sizes
+        if d.ndim == 1:
+            return float(self.poly.const + self.poly.lin @ d + d @ self._quad @ d)
+        return self.poly.const + d @ self.poly.lin + np.einsum("ni,ij,nj->n", d, self._quad, d)
+
+    def group_flops(self) -> np.ndarray:
+        """FLOPs that disappear when a group alone is removed entirely (a state feature)."""
+        k = np.tile(self.sizes, (len(self.sizes), 1))
+        np.fill_diagonal(k, 0.0)
+        return self.dense - self(k)
+
+
+def _quantities(call: dict) -> dict:
+    return {k: float(call[k]) for k in ("cin", "cout", "groups", "nin", "nout") if k in call}
+
+
+def check_budget(budget: float, name: str = "flops_budget") -> float:
+    if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not (0.0 < budget <= 1.0) \
+            or math.isnan(budget):
+        raise ValueError(f"{name} must be a fraction of the dense FLOPs in (0, 1], got {budget!r}.")
+    return float(budget)

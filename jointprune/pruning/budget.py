@@ -8,6 +8,8 @@ from the exact FLOPs polynomial evaluated over every allowed count of group l at
 """
 from __future__ import annotations
 
+from ..errors import JointPruneError
+
 import math
 from dataclasses import dataclass
 
@@ -24,9 +26,9 @@ class KeepRule:
 
     def __post_init__(self):
         if not 0.0 <= self.max_ratio < 1.0:
-            raise ValueError(f"max_ratio must be in [0, 1), got {self.max_ratio!r}.")
+            raise JointPruneError(f"max_ratio must be in [0, 1), got {self.max_ratio!r}.")
         if self.min_channels < 1 or self.round_to < 1:
-            raise ValueError(f"min_channels and round_to must be at least 1, got {self.min_channels} and {self.round_to}.")
+            raise JointPruneError(f"min_channels and round_to must be at least 1, got {self.min_channels} and {self.round_to}.")
 
     def keep(self, size: int, ratio: float) -> int:
         """Channels kept when `ratio` of `size` is removed, after rounding up to the rule."""
@@ -53,7 +55,7 @@ class BudgetClipper:
         self.fewest = np.array([c[0] for c in self.candidates], dtype=np.float64)
         smallest = self.flops(self.fewest)
         if not self._fits(smallest):
-            raise ValueError(
+            raise JointPruneError(
                 f"flops_budget={budget} cannot be met: pruning every group as hard as allowed "
                 f"(max_ratio={rule.max_ratio}, min_channels={rule.min_channels}, round_to={rule.round_to}) "
                 f"still leaves {smallest / flops.dense:.3f} of the dense FLOPs; raise the budget or max_ratio.")

@@ -6,6 +6,8 @@ dimension is exported as dynamic. Both files are written under temporary names a
 """
 from __future__ import annotations
 
+from ..errors import JointPruneError
+
 import io
 import json
 from pathlib import Path
@@ -18,7 +20,7 @@ from ..utils.atomic import atomic_write_bytes, atomic_write_json
 REQUIRED_KEYS = ("dense_flops", "pruned_flops", "flops_budget", "dense_params", "pruned_params", "groups")
 
 
-class ExportError(ValueError):
+class ExportError(JointPruneError):
     pass
 
 

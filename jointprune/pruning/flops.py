@@ -11,6 +11,8 @@ construction, for any CNN the counter and the dependency graph understand.
 """
 from __future__ import annotations
 
+from ..errors import JointPruneError
+
 import copy
 import math
 
@@ -179,5 +181,5 @@ def _quantities(call: dict) -> dict:
 def check_budget(budget: float, name: str = "flops_budget") -> float:
     if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not (0.0 < budget <= 1.0) \
             or math.isnan(budget):
-        raise ValueError(f"{name} must be a fraction of the dense FLOPs in (0, 1], got {budget!r}.")
+        raise JointPruneError(f"{name} must be a fraction of the dense FLOPs in (0, 1], got {budget!r}.")
     return float(budget)

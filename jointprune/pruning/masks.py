@@ -8,6 +8,8 @@ own parameters are never mutated and gradients still reach them through the mult
 """
 from __future__ import annotations
 
+from ..errors import JointPruneError
+
 from contextlib import contextmanager
 
 import torch
@@ -17,7 +19,7 @@ from torch.func import functional_call
 from .structure import ChannelStructure
 
 
-class MaskError(ValueError):
+class MaskError(JointPruneError):
     pass
 
 

@@ -8,6 +8,8 @@ are all plain tensor indexing on the live network.
 """
 from __future__ import annotations
 
+from ..errors import JointPruneError
+
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +25,7 @@ OUT_FNS = (tpf.prune_conv_out_channels, tpf.prune_depthwise_conv_out_channels,
 IN_FNS = (tpf.prune_conv_in_channels, tpf.prune_linear_in_channels)
 
 
-class StructureError(ValueError):
+class StructureError(JointPruneError):
     """A network that jointprune cannot prune, said in one sentence."""
 
 

@@ -1,0 +1,70 @@
+"""The reward: top-1 accuracy of a masked sub-network on the reward split.
+
+Under DDP each rank scores its own shard of the reward split and the counts are summed, so
+every rank gets the same reward while the work is divided. Optional BN recalibration
+re-estimates the BN statistics of the candidate on a few training batches first; the live
+network's statistics are restored afterwards.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+from ..pruning.masks import MaskPlan, eval_mode
+
+
+class RewardScorer:
+    def __init__(self, plan: MaskPlan, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 512,
+                 all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.plan, self.x, self.y, self.batch_size = plan, x, y, batch_size
+        self.all_reduce = all_reduce
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, masks: list[torch.Tensor] | None,
+                 recalibrate: Iterable[torch.Tensor] | None = None) -> float:
+        saved = recalibrate_bn(model, self.plan, masks, recalibrate) if recalibrate is not None else None
+        try:
+            with eval_mode(model):
+                params = self.plan.masked_parameters(model, masks) if masks is not None else None
+                correct = torch.zeros(2, device=self.x.device)
+                for i in range(0, len(self.x), self.batch_size):
+                    xb = self.x[i:i + self.batch_size]
+                    if params is None:
+                        logits = model(xb)
+                    else:
+                        logits = torch.func.functional_call(model, params, (xb,), strict=False)
+                    correct[0] += (logits.argmax(1) == self.y[i:i + self.batch_size]).sum()
+                correct[1] += len(self.x)
+        finally:
+            if saved is not None:
+                restore_buffers(model, saved)
+        if self.all_reduce is not None:
+            correct = self.all_reduce(correct)
+        return float(correct[0] / correct[1].clamp_min(1))
+
+
+def recalibrate_bn(model: nn.Module, plan: MaskPlan, masks, batches) -> dict:
+    """Re-estimate BN running statistics under `masks`; returns the buffers to restore."""
+    saved = {k: v.clone() for k, v in model.named_buffers()}
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the recalibration batches
+    was = model.training
+    model.train()
+    try:
+        for xb in batches:
+            plan.forward(model, xb, masks)
+    finally:
+        model.train(was)
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+    return saved
+
+
+def restore_buffers(model: nn.Module, saved: dict) -> None:
+    for k, v in model.named_buffers():
+        v.copy_(saved[k])

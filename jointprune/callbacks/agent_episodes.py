@@ -1,0 +1,78 @@
+"""AgentEpisodes: at the end of each joint-phase epoch, run P pruning episodes on the current
+weights, score each sub-network on the reward split, store the transitions, and keep the best
+sub-network found so far (the incumbent), re-scored on the current weights first because old
+rewards were measured on older weights."""
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+
+from ..agent.reward import RewardScorer
+from .sync import all_reduce_sum, broadcast_object, shard
+
+
+class AgentEpisodes(L.Callback):
+    def __init__(self):
+        self.scorer: RewardScorer | None = None
+
+    def on_train_start(self, trainer, pm) -> None:
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "reward_tensors"):
+            from ..errors import JointPruneError
+            raise JointPruneError("data must be a jointprune DataModule (or provide reward_tensors()) so the "
+                                  "agent can score sub-networks on a held-out reward split.")
+        x, y = dm.reward_tensors()
+        if pm.reward_opts.max_samples is not None:
+            x, y = x[:pm.reward_opts.max_samples], y[:pm.reward_opts.max_samples]
+        self.scorer = RewardScorer(pm.plan, shard(x).to(pm.device), shard(y).to(pm.device),
+                                   batch_size=pm.reward_opts.batch_size, all_reduce=all_reduce_sum)
+
+    def on_train_epoch_end(self, trainer, pm) -> None:
+        epoch = trainer.current_epoch
+        if not pm.agent_active(epoch):
+            return
+        start = time.perf_counter()
+        t = pm.agent_epoch(epoch)
+        pm.env_repr.begin_epoch(t)
+        scores = None
+        with torch.no_grad():
+            from ..pruning import group_importance, top_k_masks
+            scores = group_importance(pm.cnn, pm.structure, pm.channels.importance)
+            recal = pm.recalibration_batches() if pm.reward_opts.bn_recalibration else None
+            if pm.incumbent_kept is not None:  # old rewards were earned on older weights
+                pm.incumbent_masks = top_k_masks(scores, pm.incumbent_kept)
+                pm.incumbent_reward = self.scorer(pm.cnn, pm.incumbent_masks, recal)
+            z = pm.env_repr.z(t).detach().cpu()
+            random = t < pm.agent_opts.random_epochs
+            rewards = []
+            for _ in range(pm.agent_opts.episodes_per_epoch):
+                episode = self._rollout(pm, z, random)
+                masks = top_k_masks(scores, episode.kept)
+                reward = self.scorer(pm.cnn, masks, recal)
+                rewards.append(reward)
+                n = len(episode.kept)
+                r = torch.zeros(n)
+                r[-1] = reward  # only the finished sub-network is scored
+                pm.replay.add(episode.states, episode.actions[:, None], r, episode.next_states, episode.dones,
+                              torch.full((n,), t, dtype=torch.long))
+                if reward > pm.incumbent_reward:
+                    pm.incumbent_kept, pm.incumbent_reward, pm.incumbent_masks = list(episode.kept), reward, masks
+        pm.epoch_stats = {
+            "reward_mean": sum(rewards) / len(rewards), "reward_best": max(rewards),
+            "incumbent_reward": pm.incumbent_reward, "flops_ratio": pm.flops_ratio(),
+            "agent_seconds": time.perf_counter() - start, "random_actions": float(random),
+        }
+
+    def _rollout(self, pm, z: torch.Tensor, random: bool):
+        """Actions are drawn on rank 0 and broadcast, so every rank scores the same sub-networks."""
+        def policy(state):
+            if random:
+                return float(pm.sac.random_action(1, generator=pm.agent_generator)[0, 0])
+            with torch.no_grad():
+                dev = next(pm.sac.parameters()).device
+                action = pm.sac.act(state.to(dev), z.to(dev), generator=pm.agent_generator)
+            return float(action.reshape(-1)[0])
+        episode = pm.environment.rollout(policy)
+        return broadcast_object(episode)

@@ -1,0 +1,99 @@
+"""SubnetExtraction: freeze the incumbent at `agent_until`, physically prune the CNN at
+`extract_at` (training then continues on the small network, its SGD momentum sliced to the kept
+channels and the LR schedule untouched), and at the end of fit write pruned.pt + pruned.json."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from ..errors import JointPruneError
+from .report import evaluate, final_report, print_final_table, save_width_plot
+
+
+def extract_in_place(pm, optimizer) -> None:
+    """Cut the live CNN to the incumbent with torch-pruning's surgery on its own dependency graph.
+
+    SGD momentum is parked in `.grad` during the surgery because torch-pruning slices a
+    parameter's gradient together with its weight; it is then moved back into the optimizer,
+    which keeps its param groups (and so the LR scheduler keeps its place)."""
+    cnn, structure = pm.cnn, pm.structure
+    if optimizer is not None:
+        for p in cnn.parameters():
+            buf = optimizer.state.get(p, {}).get("momentum_buffer")
+            p.grad = None if buf is None else buf.clone()
+    modules = dict(cnn.named_modules())
+    graph = structure.graph
+    for group, mask in zip(structure.groups, pm.incumbent_masks):
+        removed = torch.nonzero(~mask.cpu()).flatten().tolist()
+        if removed:
+            root = modules[group.name]
+            graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, removed).prune()
+    if optimizer is not None:
+        params = list(cnn.parameters())
+        optimizer.state.clear()
+        optimizer.param_groups[0]["params"] = params
+        for p in params:
+            if p.grad is not None:
+                optimizer.state[p] = {"momentum_buffer": p.grad.detach().clone()}
+            p.grad = None
+    pm.extracted = True
+
+
+class SubnetExtraction(L.Callback):
+    def __init__(self):
+        self.dense_test_acc = None
+        self.dense_arch = None
+
+    def on_fit_start(self, trainer, pm) -> None:
+        if not pm.extracted:  # an untrained copy of the dense architecture, to time it at the end
+            self.dense_arch = copy.deepcopy(pm.cnn).cpu()
+
+    def on_train_epoch_start(self, trainer, pm) -> None:
+        epoch = trainer.current_epoch
+        if epoch >= pm.epochs["agent_until"] and not pm.frozen:
+            pm.frozen = True  # from here on the alignment pulls toward one fixed sub-network
+            rank_zero_info(f"[jointprune] epoch {epoch}: incumbent frozen at {pm.flops_ratio():.3f} of dense FLOPs")
+        if epoch >= pm.epochs["extract_at"] and not pm.extracted:
+            self._extract(trainer, pm, epoch)
+
+    def _extract(self, trainer, pm, epoch: int) -> None:
+        self.dense_test_acc = evaluate(pm.cnn, trainer.datamodule.test_dataloader(), pm.device, masks=None)
+        extract_in_place(pm, pm.optimizers()[0].optimizer)
+        _rewrap_ddp(trainer, pm)
+        pm.extracted_at = epoch
+        rank_zero_info(f"[jointprune] epoch {epoch}: network physically pruned; training continues on "
+                       f"{sum(p.numel() for p in pm.cnn.parameters()):,} parameters")
+
+    def on_fit_end(self, trainer, pm) -> None:
+        if pm.incumbent_masks is None:
+            raise JointPruneError("the run ended before the agent chose a sub-network; "
+                                  "let the joint phase run for at least one epoch.")
+        if not pm.extracted:
+            self._extract(trainer, pm, trainer.current_epoch)
+        for name, p in pm.cnn.named_parameters():
+            if not torch.isfinite(p).all():
+                raise JointPruneError(f"parameter {name} holds NaN or infinite values at the end of fit; "
+                                      "nothing was saved.")
+        if not trainer.is_global_zero:
+            return
+        dirpath = Path(pm.export_opts.dirpath or Path(trainer.default_root_dir) / "pruned")
+        report = final_report(trainer, pm, self.dense_arch, self.dense_test_acc)
+        from ..pruning import save_pruned
+        example = torch.zeros(1, *pm.input_shape, device=pm.device)
+        save_pruned(pm.cnn, dirpath, report, example, onnx=pm.export_opts.onnx)
+        save_width_plot(report, dirpath / "widths.png")
+        pm.export_dir = dirpath
+        print_final_table(report, dirpath)
+
+
+def _rewrap_ddp(trainer, pm) -> None:
+    """The DDP reducer holds the old parameters; wrap the pruned module afresh."""
+    strategy = trainer.strategy
+    from torch.nn.parallel import DistributedDataParallel
+    if isinstance(strategy.model, DistributedDataParallel):
+        pm.ignore_agent_in_ddp()
+        strategy.model = strategy._setup_model(pm)

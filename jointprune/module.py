@@ -1,0 +1,316 @@
+"""JointPruneModule: the LightningModule that wires the CNN, the agent and the environment model.
+
+It owns three optimizer groups (cnn | agent: actor + critics | env-repr: embeddings, GRU,
+decoder) and the pruning engine built on the CNN. The training step is cross-entropy plus
+lambda times the alignment to the incumbent sub-network. Episodes, decoder fitting, SAC updates
+and extraction live in the callbacks (`jointprune.callbacks`), the maths in plain modules.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Optional
+
+import lightning as L
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from .agent import EnvironmentRepresentation, ReplayBuffer, RewardDecoder, SoftActorCritic
+from .agent.episode import STATE_DIM, PruningEnvironment
+from .errors import JointPruneError
+from .options import (AgentOptions, AlignmentOptions, ChannelOptions, EnvReprOptions, ExportOptions,
+                      OptimOptions, RewardOptions, ScheduleOptions, resolve_epoch)
+from .pruning import (AlignmentRegularizer, BudgetClipper, ChannelStructure, FlopsModel, KeepRule, MaskPlan,
+                      check_budget, group_importance, top_k_masks)
+
+AGENT_PREFIXES = ("sac.", "env_repr.", "decoder.")
+
+
+class JointPruneModule(L.LightningModule):
+    def __init__(
+        self,
+        cnn: nn.Module,
+        flops_budget: float = 0.5,
+        input_shape: tuple[int, int, int] = (3, 32, 32),
+        num_classes: Optional[int] = None,
+        seed: int = 0,
+        channels: ChannelOptions = ChannelOptions(),
+        alignment: AlignmentOptions = AlignmentOptions(),
+        optim: OptimOptions = OptimOptions(),
+        schedule: ScheduleOptions = ScheduleOptions(),
+        agent: AgentOptions = AgentOptions(),
+        env_repr: EnvReprOptions = EnvReprOptions(),
+        reward: RewardOptions = RewardOptions(),
+        export: ExportOptions = ExportOptions(),
+    ):
+        """
+        Args:
+            cnn: any CNN (`class_path` + `init_args` in a config); trained from scratch.
+            flops_budget: fraction of the dense network's FLOPs the pruned network may use, in (0, 1].
+            input_shape: (C, H, W) of one input; linked from the DataModule by the CLI.
+            num_classes: classes of the data; linked from the DataModule and checked against the CNN.
+            seed: seeds the agent's exploration (the CLI's seed_everything seeds the rest).
+        """
+        super().__init__()
+        check_budget(flops_budget)
+        self.save_hyperparameters(ignore=["cnn"])
+        self.automatic_optimization = False
+        self.cnn = cnn
+        self.flops_budget, self.input_shape, self.num_classes = flops_budget, tuple(input_shape), num_classes
+        self.seed = seed
+        self.channels, self.alignment, self.optim, self.schedule = channels, alignment, optim, schedule
+        self.agent_opts, self.env_opts, self.reward_opts, self.export_opts = agent, env_repr, reward, export
+        self.engine_ready = False
+        # Run state that checkpoints carry (see on_save_checkpoint).
+        self.incumbent_kept: Optional[list[int]] = None
+        self.incumbent_reward = -math.inf
+        self.incumbent_masks: Optional[list[torch.Tensor]] = None
+        self.frozen = False
+        self.extracted = False
+        self.history: list[dict] = []
+        self.agent_generator = torch.Generator().manual_seed(seed)
+        self.build_engine()
+
+    # ----------------------------------------------------------------- engine and agent
+    def build_engine(self) -> None:
+        """Channel groups, exact FLOPs, budget clipping, masks and alignment for the dense CNN."""
+        example = torch.zeros(1, *self.input_shape)
+        self.structure = ChannelStructure(self.cnn, example, prune_coupled=self.channels.prune_coupled)
+        self.flops = FlopsModel(self.structure)
+        self.keep_rule = KeepRule(self.channels.max_ratio, self.channels.min_channels, self.channels.round_to)
+        self.clipper = BudgetClipper(self.flops, self.flops_budget, self.keep_rule)
+        self.environment = PruningEnvironment(self.structure, self.flops, self.clipper)
+        self.plan = MaskPlan(self.structure)
+        self.aligner = AlignmentRegularizer(self.structure, per_channel=self.alignment.per_channel,
+                                            squared=self.alignment.squared, include_bn=self.alignment.include_bn)
+        self.dense_params = sum(p.numel() for p in self.cnn.parameters())
+        with torch.no_grad():
+            was = self.cnn.training
+            out = self.cnn.eval()(example)
+            self.cnn.train(was)
+        if out.dim() != 2:
+            raise JointPruneError(f"model.cnn must return logits of shape (batch, classes), got {tuple(out.shape)}.")
+        if self.num_classes is not None and out.shape[1] != self.num_classes:
+            raise JointPruneError(
+                f"model.cnn outputs {out.shape[1]} classes but the data has {self.num_classes}; "
+                f"set model.cnn.init_args.num_classes: {self.num_classes}.")
+        self.num_classes = int(out.shape[1])
+
+    def setup(self, stage: str) -> None:
+        if self.engine_ready:
+            return
+        max_epochs = max(int(self.trainer.max_epochs or 1), 1)
+        self.epochs = self.resolve_schedule(max_epochs)
+        self.sac = SoftActorCritic(STATE_DIM, self.env_opts.dim, max_action=self.channels.max_ratio,
+                                   hidden=(self.agent_opts.hidden,) * 2, alpha=self.agent_opts.alpha,
+                                   gamma=self.agent_opts.gamma, tau=self.agent_opts.tau)
+        self.env_repr = EnvironmentRepresentation(max_epochs, self.env_opts.dim, fixed=not self.env_opts.enabled)
+        self.decoder = RewardDecoder(STATE_DIM, 1, self.env_opts.dim, hidden=(self.agent_opts.hidden,) * 2)
+        self.replay = ReplayBuffer(self.agent_opts.replay_capacity, STATE_DIM, 1)
+        for split in ("train", "val", "test"):
+            setattr(self, f"{split}_acc", MulticlassAccuracy(self.num_classes, average="micro"))
+        self.ignore_agent_in_ddp()
+        self.engine_ready = True
+
+    def resolve_schedule(self, max_epochs: int) -> dict:
+        s = self.schedule
+        warmup = s.warmup_epochs
+        if not isinstance(warmup, int) or not 0 <= warmup < max_epochs:
+            raise JointPruneError(f"warmup_epochs={warmup} must be an epoch count in [0, max_epochs={max_epochs}).")
+        until = resolve_epoch("agent_until", s.agent_until, max_epochs)
+        if until <= warmup:
+            raise JointPruneError(f"agent_until (epoch {until}) must come after warmup_epochs={warmup}, "
+                                  f"or the agent never acts; raise agent_until or max_epochs={max_epochs}.")
+        extract = max_epochs if s.extract_at is None else resolve_epoch("extract_at", s.extract_at, max_epochs)
+        if extract < until:
+            raise JointPruneError(f"extract_at (epoch {extract}) must not come before agent_until (epoch {until}).")
+        return {"max": max_epochs, "warmup": warmup, "agent_until": until, "extract_at": extract}
+
+    def ignore_agent_in_ddp(self) -> None:
+        """DDP must not reduce the agent's and env-repr's gradients: they never take part in the
+        CNN's forward, so plain DDP would report them as unused parameters. The agent is kept
+        identical across ranks by broadcasting it instead (see callbacks.sync)."""
+        names = [n for n, _ in self.named_parameters() if n.startswith(AGENT_PREFIXES)]
+        names += [n for n, _ in self.named_buffers() if n.startswith(AGENT_PREFIXES)]
+        self._ddp_params_and_buffers_to_ignore = names
+
+    def agent_active(self, epoch: int) -> bool:
+        return self.epochs["warmup"] <= epoch < self.epochs["agent_until"] and not self.frozen
+
+    def agent_epoch(self, epoch: int) -> int:
+        return epoch - self.epochs["warmup"]
+
+    def current_masks(self) -> Optional[list[torch.Tensor]]:
+        return None if self.extracted else self.incumbent_masks
+
+    def masks_for(self, kept: list[int]) -> list[torch.Tensor]:
+        scores = group_importance(self.cnn, self.structure, self.channels.importance)
+        return top_k_masks(scores, kept)
+
+    # ----------------------------------------------------------------- training
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cnn(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        opt = self.optimizers()[0] if isinstance(self.optimizers(), list) else self.optimizers()
+        logits = self(x)
+        ce = F.cross_entropy(logits, y)
+        loss = ce
+        masks = self.current_masks()
+        if masks is not None and self.alignment.weight > 0:
+            loss = ce + self.alignment.weight * self.aligner(self.cnn, masks)
+        if not torch.isfinite(loss):
+            raise JointPruneError(f"the training loss became {loss.item()} at epoch {self.current_epoch} "
+                                  f"(batch {batch_idx}); lower model.optim.lr. Nothing was saved.")
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt.step()
+        self.train_acc(logits.detach(), y)
+        self.log("train/loss", ce.detach(), prog_bar=True, on_step=True, on_epoch=True, sync_dist=False)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss.detach()
+
+    def configure_callbacks(self):
+        from .callbacks import AgentEpisodes, RewardDecoding, SubnetExtraction
+        return [AgentEpisodes(), RewardDecoding(), SubnetExtraction()]
+
+    def on_train_epoch_start(self) -> None:
+        self.epoch_started = time.perf_counter()
+        self.epoch_stats: dict = {}
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.last_batch_end = time.perf_counter()  # weight training ends here; the agent's work follows
+
+    def on_train_epoch_end(self) -> None:
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        stats = self.epoch_stats
+        if not stats:
+            return
+        train_seconds = max(getattr(self, "last_batch_end", self.epoch_started) - self.epoch_started, 1e-9)
+        stats["agent_time_fraction"] = stats["agent_seconds"] / train_seconds
+        stats["epoch"] = self.current_epoch
+        for key in ("reward_mean", "reward_best", "incumbent_reward", "flops_ratio", "decoder_loss", "critic_loss"):
+            value = float(stats.get(key, float("nan")))
+            if not math.isfinite(value) and key in ("reward_mean", "reward_best", "incumbent_reward"):
+                raise JointPruneError(f"the agent's {key} became {value} at epoch {self.current_epoch}; "
+                                      "check the data and the learning rates. Nothing was saved.")
+        self.history.append(dict(stats))
+        self.log_dict({f"prune/{k}": float(v) for k, v in stats.items() if k != "epoch"}, sync_dist=False)
+        if self.incumbent_kept is not None:
+            keep = {f"prune_keep/{g.name}": k / g.size for g, k in zip(self.structure.groups, self.incumbent_kept)}
+            self.log_dict(keep, sync_dist=False)
+        self.print_summary(stats)
+
+    def print_summary(self, s: dict) -> None:
+        line = (f"[jointprune] epoch {s['epoch']}: reward mean {s['reward_mean']:.4f} best {s['reward_best']:.4f} | "
+                f"incumbent {s['incumbent_reward']:.4f} at {s['flops_ratio']:.3f} FLOPs | "
+                f"decoder loss {s.get('decoder_loss', float('nan')):.4g} | agent time {s['agent_time_fraction']:.2f}"
+                + (" | random actions" if s.get("random_actions") else ""))
+        bar = getattr(self.trainer, "progress_bar_callback", None)
+        if self.trainer.is_global_zero:
+            if bar is not None and hasattr(bar, "print"):
+                bar.print(line)  # above the progress bar, without breaking it
+            else:
+                print(line, flush=True)
+
+    def _eval_step(self, batch, split: str):
+        x, y = batch
+        logits = self.plan.forward(self.cnn, x, self.current_masks()) if not self.extracted else self.cnn(x)
+        metric = getattr(self, f"{split}_acc")
+        metric(logits, y)
+        self.log(f"{split}/acc", metric, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{split}/flops_ratio", self.flops_ratio(), on_step=False, on_epoch=True, sync_dist=False)
+
+    def on_validation_epoch_start(self) -> None:
+        """With BN recalibration on, judge the network as it would be pruned with recalibrated BN
+        statistics too (as the agent does); the live statistics come back afterwards."""
+        self._saved_buffers = None
+        masks = self.current_masks()
+        if masks is None or not self.reward_opts.bn_recalibration or self.trainer.sanity_checking:
+            return
+        batches = self.recalibration_batches()
+        if batches:
+            from .agent.reward import recalibrate_bn
+            with torch.inference_mode(False), torch.no_grad():
+                self._saved_buffers = recalibrate_bn(self.cnn, self.plan, masks, batches)
+
+    def on_validation_epoch_end(self) -> None:
+        if self._saved_buffers is not None:
+            from .agent.reward import restore_buffers
+            restore_buffers(self.cnn, self._saved_buffers)
+            self._saved_buffers = None
+
+    def recalibration_batches(self) -> list[torch.Tensor]:
+        loader = self.trainer.train_dataloader
+        if loader is None:
+            return []
+        batches = []
+        for i, (x, _) in enumerate(loader):
+            if i >= self.reward_opts.recalibration_batches:
+                break
+            batches.append(x.to(self.device))
+        return batches
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def flops_ratio(self) -> float:
+        """FLOPs of the network as it would be pruned now, over the dense FLOPs."""
+        if self.incumbent_kept is None:
+            return 1.0
+        return float(self.flops(self.incumbent_kept) / self.flops.dense)
+
+    def configure_optimizers(self):
+        o = self.optim
+        cnn_opt = torch.optim.SGD(self.cnn.parameters(), lr=o.lr, momentum=o.momentum,
+                                  weight_decay=o.weight_decay, nesterov=o.nesterov)
+        actor_opt = torch.optim.Adam(self.sac.actor_parameters(), lr=self.agent_opts.actor_lr)
+        critic_opt = torch.optim.Adam(self.sac.critic_parameters(), lr=self.agent_opts.critic_lr)
+        env_opt = torch.optim.Adam(list(self.env_repr.parameters()) + list(self.decoder.parameters()), lr=self.env_opts.lr)
+        max_epochs = self.epochs["max"]
+        if o.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(cnn_opt, T_max=max_epochs)
+        elif o.scheduler == "multistep":
+            sched = torch.optim.lr_scheduler.MultiStepLR(
+                cnn_opt, milestones=[int(round(m * max_epochs)) for m in o.milestones], gamma=o.gamma)
+        else:
+            sched = torch.optim.lr_scheduler.LambdaLR(cnn_opt, lambda _: 1.0)
+        return [cnn_opt, actor_opt, critic_opt, env_opt], [sched]
+
+    # ----------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["jointprune"] = {
+            "incumbent_kept": self.incumbent_kept,
+            "incumbent_reward": self.incumbent_reward,
+            "incumbent_masks": [m.cpu() for m in self.incumbent_masks] if self.incumbent_masks else None,
+            "frozen": self.frozen,
+            "extracted": self.extracted,
+            "history": self.history,
+            "replay": self.replay.state_dict(),
+            "agent_generator": self.agent_generator.get_state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("jointprune")
+        if state is None:
+            return
+        self.incumbent_kept = state["incumbent_kept"]
+        self.incumbent_reward = state["incumbent_reward"]
+        self.incumbent_masks = state["incumbent_masks"]
+        self.frozen = state["frozen"]
+        self.history = state["history"]
+        self.replay.load_state_dict(state["replay"])
+        self.agent_generator.set_state(state["agent_generator"])
+        if state["extracted"] and not self.extracted:
+            # The checkpoint holds the small network's weights: cut the dense CNN to the same
+            # shape first, so that the state dict (and the optimizer state) fit.
+            from .callbacks.subnet_extraction import extract_in_place
+            extract_in_place(self, optimizer=None)

@@ -1,0 +1,100 @@
+"""Every knob of the method, grouped as in METHOD.md, with its default and where it comes from.
+
+These dataclasses are the `model.*` sections of a config file (LightningCLI reads their fields),
+e.g. `model.agent.episodes_per_epoch: 10`. [repro]: unofficial reproduction of the paper;
+[ours]: our decision.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+from .errors import JointPruneError
+
+
+@dataclass
+class ChannelOptions:
+    prune_coupled: bool = False        # also offer residual-coupled groups [ours]
+    max_ratio: float = 0.8             # largest fraction of a group removed [repro]
+    min_channels: int = 1              # channels always kept per group [ours]
+    round_to: int = 1                  # kept counts are multiples of this (8 helps GPUs) [ours]
+    importance: Literal["l1", "l2", "bn_scale"] = "l1"  # which channels a count keeps [repro]
+
+
+@dataclass
+class AlignmentOptions:
+    weight: float = 1e-4               # lambda [repro]
+    per_channel: bool = True           # group lasso per removed channel, else one norm per group
+    squared: bool = False              # sum of squares instead of norms
+    include_bn: bool = False           # also pull the removed channels' BN gamma/beta to 0
+
+
+@dataclass
+class OptimOptions:
+    lr: float = 0.1                    # SGD for the CNN [repro]
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    scheduler: Literal["cosine", "multistep", "constant"] = "cosine"
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of max_epochs
+    gamma: float = 0.1
+
+
+@dataclass
+class ScheduleOptions:
+    """Epochs are counted from 0. A float is a fraction of max_epochs, an int an epoch index."""
+    warmup_epochs: int = 1             # dense CE before the agent starts
+    agent_until: Union[int, float] = 0.5   # the agent acts at the end of epochs [warmup, agent_until)
+    extract_at: Optional[Union[int, float]] = 0.75  # physical pruning at the start of this epoch;
+    #                                               None or max_epochs: only at the end of fit
+
+
+@dataclass
+class AgentOptions:
+    episodes_per_epoch: int = 10       # P [repro]
+    random_epochs: int = 1             # agent epochs with uniform random actions [repro]
+    sac_updates: int = 200             # G SAC updates per epoch [repro]
+    batch_size: int = 64
+    actor_lr: float = 1e-4
+    critic_lr: float = 1e-3
+    alpha: float = 0.1                 # fixed entropy weight
+    gamma: float = 0.99
+    tau: float = 0.005
+    hidden: int = 300
+    replay_capacity: int = 100_000
+
+
+@dataclass
+class EnvReprOptions:
+    enabled: bool = True               # False: z is a constant (the paper's ablation)
+    dim: int = 64
+    decoder_steps: int = 100           # K [ours]
+    lr: float = 1e-3
+    batch_size: int = 64
+
+
+@dataclass
+class RewardOptions:
+    bn_recalibration: bool = False     # re-estimate BN statistics of a candidate before scoring [ours]
+    recalibration_batches: int = 2
+    max_samples: Optional[int] = None  # score on at most this many reward images (speed knob)
+    batch_size: int = 512
+
+
+@dataclass
+class ExportOptions:
+    dirpath: Optional[str] = None      # default: <trainer.default_root_dir>/pruned
+    onnx: bool = False
+
+
+def resolve_epoch(name: str, value, max_epochs: int) -> int:
+    """An epoch index from an int, or from a fraction of max_epochs."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise JointPruneError(f"{name} must be an epoch index or a fraction of max_epochs, got {value!r}.")
+    if isinstance(value, float):
+        if not 0.0 <= value <= 1.0:
+            raise JointPruneError(f"{name}={value} is a fraction of max_epochs and must be in [0, 1].")
+        return int(round(value * max_epochs))
+    if not 0 <= value <= max_epochs:
+        raise JointPruneError(f"{name}={value} is beyond max_epochs={max_epochs}; use an epoch in [0, {max_epochs}].")
+    return value

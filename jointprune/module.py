@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict
 from typing import Optional
 
 import lightning as L
@@ -20,12 +21,41 @@ from torchmetrics.classification import MulticlassAccuracy
 from .agent import EnvironmentRepresentation, ReplayBuffer, RewardDecoder, SoftActorCritic
 from .agent.episode import STATE_DIM, PruningEnvironment
 from .errors import JointPruneError
-from .options import (AgentOptions, AlignmentOptions, ChannelOptions, EnvReprOptions, ExportOptions,
+from .options import (AgentOptions, AlignmentOptions, PruningOptions, EnvReprOptions, ExportOptions,
                       OptimOptions, RewardOptions, ScheduleOptions, resolve_epoch)
 from .pruning import (AlignmentRegularizer, BudgetClipper, ChannelStructure, FlopsModel, KeepRule, MaskPlan,
                       check_budget, group_importance, top_k_masks)
 
 AGENT_PREFIXES = ("sac.", "env_repr.", "decoder.")
+
+
+def _as(cls, value):
+    """Options arrive as dataclasses (CLI, Python) or as dicts (a checkpoint's hyper-parameters)."""
+    return cls(**value) if isinstance(value, dict) else value
+
+
+def get_rng_state() -> dict:
+    import random
+
+    import numpy as np
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # plain tensors and numbers only, so checkpoints load with torch.load(weights_only=True)
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class JointPruneModule(L.LightningModule):
@@ -36,7 +66,7 @@ class JointPruneModule(L.LightningModule):
         input_shape: tuple[int, int, int] = (3, 32, 32),
         num_classes: Optional[int] = None,
         seed: int = 0,
-        channels: ChannelOptions = ChannelOptions(),
+        pruning: PruningOptions = PruningOptions(),
         alignment: AlignmentOptions = AlignmentOptions(),
         optim: OptimOptions = OptimOptions(),
         schedule: ScheduleOptions = ScheduleOptions(),
@@ -55,12 +85,19 @@ class JointPruneModule(L.LightningModule):
         """
         super().__init__()
         check_budget(flops_budget)
-        self.save_hyperparameters(ignore=["cnn"])
+        pruning, alignment, optim = _as(PruningOptions, pruning), _as(AlignmentOptions, alignment), _as(OptimOptions, optim)
+        schedule, agent, env_repr = _as(ScheduleOptions, schedule), _as(AgentOptions, agent), _as(EnvReprOptions, env_repr)
+        reward, export = _as(RewardOptions, reward), _as(ExportOptions, export)
+        # Options are stored as plain dicts so that checkpoints load with weights_only=True.
+        self.save_hyperparameters({
+            "flops_budget": flops_budget, "input_shape": list(input_shape), "num_classes": num_classes, "seed": seed,
+            **{k: asdict(v) for k, v in dict(pruning=pruning, alignment=alignment, optim=optim, schedule=schedule,
+                                             agent=agent, env_repr=env_repr, reward=reward, export=export).items()}})
         self.automatic_optimization = False
         self.cnn = cnn
         self.flops_budget, self.input_shape, self.num_classes = flops_budget, tuple(input_shape), num_classes
         self.seed = seed
-        self.channels, self.alignment, self.optim, self.schedule = channels, alignment, optim, schedule
+        self.pruning, self.alignment, self.optim, self.schedule = pruning, alignment, optim, schedule
         self.agent_opts, self.env_opts, self.reward_opts, self.export_opts = agent, env_repr, reward, export
         self.engine_ready = False
         # Run state that checkpoints carry (see on_save_checkpoint).
@@ -70,6 +107,8 @@ class JointPruneModule(L.LightningModule):
         self.frozen = False
         self.extracted = False
         self.history: list[dict] = []
+        self.last_epoch_done = -1          # an epoch's end-of-epoch work never runs twice on resume
+        self.pending_rng: Optional[dict] = None
         self.agent_generator = torch.Generator().manual_seed(seed)
         self.build_engine()
 
@@ -77,9 +116,9 @@ class JointPruneModule(L.LightningModule):
     def build_engine(self) -> None:
         """Channel groups, exact FLOPs, budget clipping, masks and alignment for the dense CNN."""
         example = torch.zeros(1, *self.input_shape)
-        self.structure = ChannelStructure(self.cnn, example, prune_coupled=self.channels.prune_coupled)
+        self.structure = ChannelStructure(self.cnn, example, prune_coupled=self.pruning.prune_coupled)
         self.flops = FlopsModel(self.structure)
-        self.keep_rule = KeepRule(self.channels.max_ratio, self.channels.min_channels, self.channels.round_to)
+        self.keep_rule = KeepRule(self.pruning.max_ratio, self.pruning.min_channels, self.pruning.round_to)
         self.clipper = BudgetClipper(self.flops, self.flops_budget, self.keep_rule)
         self.environment = PruningEnvironment(self.structure, self.flops, self.clipper)
         self.plan = MaskPlan(self.structure)
@@ -103,7 +142,7 @@ class JointPruneModule(L.LightningModule):
             return
         max_epochs = max(int(self.trainer.max_epochs or 1), 1)
         self.epochs = self.resolve_schedule(max_epochs)
-        self.sac = SoftActorCritic(STATE_DIM, self.env_opts.dim, max_action=self.channels.max_ratio,
+        self.sac = SoftActorCritic(STATE_DIM, self.env_opts.dim, max_action=self.pruning.max_ratio,
                                    hidden=(self.agent_opts.hidden,) * 2, alpha=self.agent_opts.alpha,
                                    gamma=self.agent_opts.gamma, tau=self.agent_opts.tau)
         self.env_repr = EnvironmentRepresentation(max_epochs, self.env_opts.dim, fixed=not self.env_opts.enabled)
@@ -137,6 +176,8 @@ class JointPruneModule(L.LightningModule):
         self._ddp_params_and_buffers_to_ignore = names
 
     def agent_active(self, epoch: int) -> bool:
+        if epoch <= self.last_epoch_done:  # already done before a resume
+            return False
         return self.epochs["warmup"] <= epoch < self.epochs["agent_until"] and not self.frozen
 
     def agent_epoch(self, epoch: int) -> int:
@@ -146,7 +187,7 @@ class JointPruneModule(L.LightningModule):
         return None if self.extracted else self.incumbent_masks
 
     def masks_for(self, kept: list[int]) -> list[torch.Tensor]:
-        scores = group_importance(self.cnn, self.structure, self.channels.importance)
+        scores = group_importance(self.cnn, self.structure, self.pruning.importance)
         return top_k_masks(scores, kept)
 
     # ----------------------------------------------------------------- training
@@ -178,6 +219,9 @@ class JointPruneModule(L.LightningModule):
         return [AgentEpisodes(), RewardDecoding(), SubnetExtraction()]
 
     def on_train_epoch_start(self) -> None:
+        if self.pending_rng is not None:  # resumed: continue the random streams where they stopped
+            set_rng_state(self.pending_rng)
+            self.pending_rng = None
         self.epoch_started = time.perf_counter()
         self.epoch_stats: dict = {}
 
@@ -185,6 +229,9 @@ class JointPruneModule(L.LightningModule):
         self.last_batch_end = time.perf_counter()  # weight training ends here; the agent's work follows
 
     def on_train_epoch_end(self) -> None:
+        if self.current_epoch <= self.last_epoch_done:  # Lightning replays an epoch end on resume
+            return
+        self.last_epoch_done = self.current_epoch
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
@@ -200,10 +247,10 @@ class JointPruneModule(L.LightningModule):
                 raise JointPruneError(f"the agent's {key} became {value} at epoch {self.current_epoch}; "
                                       "check the data and the learning rates. Nothing was saved.")
         self.history.append(dict(stats))
-        self.log_dict({f"prune/{k}": float(v) for k, v in stats.items() if k != "epoch"}, sync_dist=False)
+        self.log_dict({f"prune/{k}": float(v) for k, v in stats.items() if k != "epoch"}, sync_dist=True)
         if self.incumbent_kept is not None:
             keep = {f"prune_keep/{g.name}": k / g.size for g, k in zip(self.structure.groups, self.incumbent_kept)}
-            self.log_dict(keep, sync_dist=False)
+            self.log_dict(keep, sync_dist=True)
         self.print_summary(stats)
 
     def print_summary(self, s: dict) -> None:
@@ -296,6 +343,8 @@ class JointPruneModule(L.LightningModule):
             "history": self.history,
             "replay": self.replay.state_dict(),
             "agent_generator": self.agent_generator.get_state(),
+            "last_epoch_done": self.last_epoch_done,
+            "rng": self.pending_rng or get_rng_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -309,6 +358,8 @@ class JointPruneModule(L.LightningModule):
         self.history = state["history"]
         self.replay.load_state_dict(state["replay"])
         self.agent_generator.set_state(state["agent_generator"])
+        self.last_epoch_done = state["last_epoch_done"]
+        self.pending_rng = state["rng"]
         if state["extracted"] and not self.extracted:
             # The checkpoint holds the small network's weights: cut the dense CNN to the same
             # shape first, so that the state dict (and the optimizer state) fit.

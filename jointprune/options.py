@@ -13,7 +13,7 @@ from .errors import JointPruneError
 
 
 @dataclass
-class ChannelOptions:
+class PruningOptions:
     prune_coupled: bool = False        # also offer residual-coupled groups [ours]
     max_ratio: float = 0.8             # largest fraction of a group removed [repro]
     min_channels: int = 1              # channels always kept per group [ours]
@@ -51,6 +51,10 @@ class ScheduleOptions:
 
 @dataclass
 class AgentOptions:
+    # "sac": the learned agent (the method). "uniform" / "random": baselines that fix the
+    # sub-network at the first joint epoch (same ratio in every group / one random feasible
+    # episode) and otherwise run the identical schedule, alignment and extraction.
+    policy: Literal["sac", "uniform", "random"] = "sac"
     episodes_per_epoch: int = 10       # P [repro]
     random_epochs: int = 1             # agent epochs with uniform random actions [repro]
     sac_updates: int = 200             # G SAC updates per epoch [repro]

@@ -81,3 +81,17 @@ class PruningEnvironment:
         for _ in range(self.n):
             kept.append(self.clipper.clip(kept, ratio)[0])
         return kept
+
+    def uniform_under_budget(self, steps: int = 30) -> list[int]:
+        """The smallest common removal ratio whose (clipped) result fits the budget: the
+        uniform baseline. Binary search, since FLOPs fall as the common ratio grows."""
+        lo, hi = 0.0, self.clipper.rule.max_ratio
+        best = self.uniform(hi)
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            kept = self.uniform(mid)
+            if all(k == self.clipper.rule.keep(n, mid) for k, n in zip(kept, self.clipper.sizes)):
+                best, hi = kept, mid  # no clipping was needed: the ratio alone meets the budget
+            else:
+                lo = mid
+        return best

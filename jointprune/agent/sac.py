@@ -125,7 +125,8 @@ class SoftActorCritic(nn.Module):
     def _min_q(q1: nn.Module, q2: nn.Module, x: Tensor) -> Tensor:
         return torch.min(q1(x), q2(x)).squeeze(-1)
 
-    def update(self, batch: dict, z: Tensor, z_next: Tensor, actor_opt, critic_opt) -> dict[str, Tensor]:
+    def update(self, batch: dict, z: Tensor, z_next: Tensor, actor_opt, critic_opt,
+               generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """One SAC step on a replay batch. z / z_next: [n, z_dim] for each transition's epoch.
 
         z is recomputed by the caller with the current GRU; it is detached here as well so the
@@ -139,7 +140,7 @@ class SoftActorCritic(nn.Module):
         a = a.reshape(-1, self.action_dim)
 
         with torch.no_grad():
-            a2, logp2 = self.actor(torch.cat([s2, z_next], -1))
+            a2, logp2 = self.actor(torch.cat([s2, z_next], -1), generator=generator)
             q_next = self._min_q(self.q1_target, self.q2_target, torch.cat([s2, z_next, a2], -1))
             target = r + self.gamma * (1.0 - done) * (q_next - self.alpha * logp2)
 
@@ -154,7 +155,7 @@ class SoftActorCritic(nn.Module):
         self.q1.requires_grad_(False)
         self.q2.requires_grad_(False)
         try:
-            a_pi, logp = self.actor(torch.cat([s, z], -1))
+            a_pi, logp = self.actor(torch.cat([s, z], -1), generator=generator)
             q_pi = self._min_q(self.q1, self.q2, torch.cat([s, z, a_pi], -1))
             actor_loss = (self.alpha * logp - q_pi).mean()
             actor_opt.zero_grad(set_to_none=True)

@@ -34,12 +34,15 @@ class AgentEpisodes(L.Callback):
         if not pm.agent_active(epoch):
             return
         start = time.perf_counter()
+        if pm.agent_opts.policy != "sac":
+            self._baseline(pm, start)
+            return
         t = pm.agent_epoch(epoch)
         pm.env_repr.begin_epoch(t)
         scores = None
         with torch.no_grad():
             from ..pruning import group_importance, top_k_masks
-            scores = group_importance(pm.cnn, pm.structure, pm.channels.importance)
+            scores = group_importance(pm.cnn, pm.structure, pm.pruning.importance)
             recal = pm.recalibration_batches() if pm.reward_opts.bn_recalibration else None
             if pm.incumbent_kept is not None:  # old rewards were earned on older weights
                 pm.incumbent_masks = top_k_masks(scores, pm.incumbent_kept)
@@ -64,6 +67,22 @@ class AgentEpisodes(L.Callback):
             "incumbent_reward": pm.incumbent_reward, "flops_ratio": pm.flops_ratio(),
             "agent_seconds": time.perf_counter() - start, "random_actions": float(random),
         }
+
+    def _baseline(self, pm, start: float) -> None:
+        """Uniform or random allocation, chosen once; no learning, same schedule otherwise."""
+        from ..pruning import group_importance, top_k_masks
+        if pm.incumbent_kept is None:
+            if pm.agent_opts.policy == "uniform":
+                pm.incumbent_kept = pm.environment.uniform_under_budget()
+            else:
+                pm.incumbent_kept = self._rollout(pm, None, True).kept
+        scores = group_importance(pm.cnn, pm.structure, pm.pruning.importance)
+        pm.incumbent_masks = top_k_masks(scores, pm.incumbent_kept)
+        recal = pm.recalibration_batches() if pm.reward_opts.bn_recalibration else None
+        pm.incumbent_reward = self.scorer(pm.cnn, pm.incumbent_masks, recal)
+        pm.epoch_stats = {"reward_mean": pm.incumbent_reward, "reward_best": pm.incumbent_reward,
+                          "incumbent_reward": pm.incumbent_reward, "flops_ratio": pm.flops_ratio(),
+                          "agent_seconds": time.perf_counter() - start, "random_actions": 0.0}
 
     def _rollout(self, pm, z: torch.Tensor, random: bool):
         """Actions are drawn on rank 0 and broadcast, so every rank scores the same sub-networks."""

@@ -114,3 +114,11 @@ def save_width_plot(report: dict, path: Path) -> None:
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def log_width_plot(trainer, path: Path) -> None:
+    """Send the width chart to W&B when a WandbLogger is configured (offline runs included)."""
+    from lightning.pytorch.loggers import WandbLogger
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key="pruned_widths", images=[str(path)])

@@ -32,7 +32,7 @@ class RewardDecoding(L.Callback):
                 batch = pm.replay.sample(opts.batch_size, generator=pm.agent_generator)
                 with torch.no_grad():
                     z = pm.env_repr.z_many(batch["epoch"].to(device)).detach()
-                out = pm.sac.update(batch, z, z, actor_opt, critic_opt)
+                out = pm.sac.update(batch, z, z, actor_opt, critic_opt, generator=pm.agent_generator)
                 losses.append(float(out["critic_loss"]))
         # Every rank ran the same updates on the same data; broadcasting removes any drift.
         broadcast_modules(pm.sac, pm.env_repr, pm.decoder)

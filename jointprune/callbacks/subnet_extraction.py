@@ -4,6 +4,7 @@ channels and the LR schedule untouched), and at the end of fit write pruned.pt +
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import lightning as L
@@ -11,7 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from ..errors import JointPruneError
-from .report import evaluate, final_report, print_final_table, save_width_plot
+from .report import evaluate, final_report, log_width_plot, print_final_table, save_width_plot
 
 
 def extract_in_place(pm, optimizer) -> None:
@@ -80,14 +81,29 @@ class SubnetExtraction(L.Callback):
                                       "nothing was saved.")
         if not trainer.is_global_zero:
             return
-        dirpath = Path(pm.export_opts.dirpath or Path(trainer.default_root_dir) / "pruned")
+        dirpath = export_dir(trainer, pm)
         report = final_report(trainer, pm, self.dense_arch, self.dense_test_acc)
         from ..pruning import save_pruned
         example = torch.zeros(1, *pm.input_shape, device=pm.device)
         save_pruned(pm.cnn, dirpath, report, example, onnx=pm.export_opts.onnx)
         save_width_plot(report, dirpath / "widths.png")
+        log_width_plot(trainer, dirpath / "widths.png")
         pm.export_dir = dirpath
         print_final_table(report, dirpath)
+
+
+def export_dir(trainer, pm) -> Path:
+    """`export.dirpath` may name {flops_budget}, {seed} (seed_everything) and {version} (the
+    logger's run id), so that the runs of a sweep into one directory never overwrite each other."""
+    template = pm.export_opts.dirpath or str(Path(trainer.default_root_dir) / "pruned")
+    version = trainer.logger.version if trainer.logger is not None else None
+    fields = {"flops_budget": pm.flops_budget, "seed": os.environ.get("PL_GLOBAL_SEED", "none"),
+              "version": version if version is not None else "none"}
+    try:
+        return Path(template.format(**fields))
+    except (KeyError, IndexError, ValueError) as err:
+        raise JointPruneError(f"model.export.dirpath={template!r} names an unknown field ({err}); "
+                              "use {flops_budget}, {seed} or {version}.") from None
 
 
 def _rewrap_ddp(trainer, pm) -> None:

@@ -46,7 +46,8 @@ class AlignmentRegularizer(nn.Module):
                 if not bool(sel.any()):
                     continue
                 w = params[s.param_name].index_select(s.dim, s.local_idx.to(device)[sel])
-                sq = sq.index_add(0, root[sel], w.movedim(s.dim, 0).flatten(1).pow(2).sum(1))
+                # reshape, not flatten(1): biases and BN parameters are 1-D (one value per channel)
+                sq = sq.index_add(0, root[sel], w.movedim(s.dim, 0).reshape(w.shape[s.dim], -1).pow(2).sum(1))
             sq = sq[removed]
             if self.squared:
                 total = total + sq.sum()

@@ -27,7 +27,8 @@ def group_importance(model: nn.Module, structure: ChannelStructure, criterion: s
         p = 2 if criterion == "l2" else 1
         for s in slices:
             w = params[s.param_name].detach().index_select(s.dim, s.local_idx.to(score.device))
-            w = w.movedim(s.dim, 0).flatten(1).abs().pow(p).sum(1)
+            # reshape, not flatten(1): BN weights (bn_scale) are 1-D, one value per channel
+            w = w.movedim(s.dim, 0).reshape(w.shape[s.dim], -1).abs().pow(p).sum(1)
             score.index_add_(0, s.root_idx.to(score.device), w)
         scores.append(score)
     return scores

@@ -4,7 +4,7 @@ import torch.nn as nn
 
 
 class TinyCNN(nn.Module):
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 8):
+    def __init__(self, num_classes: int = 7, in_channels: int = 3, width: int = 8):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),

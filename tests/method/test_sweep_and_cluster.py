@@ -1,0 +1,70 @@
+"""The W&B budget sweep (offline, several runs into one save_dir) and the SLURM example."""
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cli_helpers import HERE, ROOT, run_cli  # noqa: E402
+
+
+def sweep_commands(sweep: dict, points: list[dict], before_args: list[str]) -> list[list[str]]:
+    """Expand the sweep's command template the way `wandb agent` does (`before_args` shrinks
+    the task for the test; the sweep's own values still come last and win)."""
+    commands = []
+    for point in points:
+        args = [f"--{k}={v}" for k, v in point.items()]
+        cmd = []
+        for part in sweep["command"]:
+            if part == "${env}":
+                continue
+            cmd += before_args + args if part == "${args}" else [part]
+        commands.append(cmd)
+    return commands
+
+
+def test_sweep_runs_offline_into_one_save_dir(tmp_path):
+    sweep = yaml.safe_load((ROOT / "experiments" / "sweep_budget.yaml").read_text())
+    assert sweep["parameters"]["model.flops_budget"]["values"] == [0.3, 0.5, 0.7]
+    assert "seed_everything" in sweep["parameters"]
+    points = [{"model.flops_budget": 0.3, "seed_everything": 0}, {"model.flops_budget": 0.7, "seed_everything": 1}]
+    # the tiny task and one shared save_dir keep the test fast and exercise collisions
+    shrink = ["--config", str(HERE / "tiny.yaml"),
+              "--trainer.logger.class_path", "lightning.pytorch.loggers.WandbLogger",
+              "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.logger.init_args.project", "jp-test",
+              "--model.export.dirpath", str(tmp_path / "pruned" / "budget{flops_budget}_seed{seed}_{version}")]
+    for cmd in sweep_commands(sweep, points, shrink):
+        assert cmd[:2] == ["jointprune", "fit"]
+        out = run_cli(*cmd[1:], env_extra={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+        assert out.returncode == 0, out.stderr[-3000:]
+    exports = sorted(p.parent.name for p in (tmp_path / "pruned").rglob("pruned.json"))
+    assert len(exports) == 2 and exports[0].startswith("budget0.3_seed0_") and exports[1].startswith("budget0.7_seed1_")
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    # each run logged the width chart and the per-epoch pruning summary
+    assert all(list(r.rglob("pruned_widths*.png")) for r in runs)
+    for run in runs:  # the offline record holds the per-epoch metrics by name
+        record = next(run.glob("run-*.wandb")).read_bytes()
+        assert b"prune/reward_mean" in record and b"prune/agent_time_fraction" in record and b"prune_keep/" in record
+
+
+def test_slurm_example_matches_its_config():
+    script = (ROOT / "experiments" / "slurm" / "submit.sh").read_text()
+    nodes = int(re.search(r"#SBATCH --nodes=(\d+)", script).group(1))
+    tasks = int(re.search(r"#SBATCH --ntasks-per-node=(\d+)", script).group(1))
+    gpus = int(re.search(r"#SBATCH --gpus-per-node=(\d+)", script).group(1))
+    assert re.search(r"^srun jointprune fit --config \"\$SETTING\" --config experiments/slurm/cluster.yaml", script, re.M)
+    # The CLI parses the combined config (no cluster needed: --print_config stops before any work).
+    out = run_cli("fit", "--config", "experiments/imagenet_resnet50.yaml", "--config", "experiments/slurm/cluster.yaml",
+                  "--print_config")
+    assert out.returncode == 0, out.stderr[-2000:]
+    trainer = yaml.safe_load(out.stdout)["trainer"]
+    assert trainer["strategy"] == "ddp" and trainer["num_nodes"] == nodes and trainer["devices"] == tasks == gpus
+
+
+def test_every_paper_setting_parses():
+    for name in ("cifar10_resnet56", "cifar10_mobilenetv2", "imagenet_resnet50", "imagenet_mobilenetv2", "quickstart"):
+        out = run_cli("fit", "--config", f"experiments/{name}.yaml", "--print_config")
+        assert out.returncode == 0, (name, out.stderr[-2000:])
+        assert "flops_budget" in out.stdout

@@ -32,6 +32,9 @@ class KeepRule:
 
     def keep(self, size: int, ratio: float) -> int:
         """Channels kept when `ratio` of `size` is removed, after rounding up to the rule."""
+        if not math.isfinite(ratio):
+            raise JointPruneError(f"the agent proposed a non-finite pruning ratio ({ratio}); the actor has diverged, "
+                                  "lower model.agent.actor_lr.")
         kept = size - math.floor(min(max(ratio, 0.0), self.max_ratio) * size + 1e-9)
         return int(self.candidates(size)[np.searchsorted(self.candidates(size), kept)])
 

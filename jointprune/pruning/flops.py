@@ -165,7 +165,7 @@ class FlopsModel:
         d = k - self.sizes
         if d.ndim == 1:
             return float(self.poly.const + self.poly.lin @ d + d @ self._quad @ d)
-        return self.poly.const + d @ self.poly.lin + np.einsum("ni,ij,nj->n", d, self._quad, d)
+        return self.poly.const + d @ self.poly.lin + ((d @ self._quad) * d).sum(1)
 
     def group_flops(self) -> np.ndarray:
         """FLOPs that disappear when a group alone is removed entirely (a state feature)."""

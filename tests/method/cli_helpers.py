@@ -8,9 +8,14 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 
 
-def run_cli(*args, timeout=600, env_extra=None) -> subprocess.CompletedProcess:
+def run_cli(*args, timeout=600, env_extra=None, cwd=None) -> subprocess.CompletedProcess:
+    """Runs in a scratch directory (so nothing lands in the checkout); repo-relative config
+    paths are made absolute."""
+    import tempfile
+    args = [str(ROOT / a) if str(a).startswith("experiments/") else str(a) for a in args]
+    cwd = cwd or tempfile.mkdtemp(prefix="jointprune-cli-")
     env = dict(os.environ, PYTHONPATH=f"{HERE}{os.pathsep}{ROOT}", WANDB_MODE=os.environ.get("WANDB_MODE", "disabled"),
                OMP_NUM_THREADS="1")
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "jointprune", *map(str, args)], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "jointprune", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)

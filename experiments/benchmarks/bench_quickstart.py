@@ -1,0 +1,129 @@
+"""The quickstart's evidence, over seeds: jointprune vs a dense network trained for the same epochs.
+
+For each seed it runs `experiments/quickstart.yaml` (train from scratch + prune to 0.5 FLOPs in
+one run) and a dense CifarResNet-20 with the same data, optimiser, schedule and epochs, and
+prints one markdown table: test accuracy, FLOPs ratio, whether the decoder's reconstruction
+error fell and the agent's mean reward rose over the joint phase, the agent's share of the
+epoch time, and the total wall time of the jointprune run against dense training.
+
+    python experiments/benchmarks/bench_quickstart.py [--seeds 0 1 2] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from jointprune.cli import JointPruneCLI  # noqa: E402
+from jointprune.module import JointPruneModule  # noqa: E402
+
+
+class DenseModule(L.LightningModule):
+    """The same CNN, optimiser and schedule as the quickstart, with no pruning at all."""
+
+    def __init__(self, cnn, optim, max_epochs):
+        super().__init__()
+        self.cnn, self.optim, self.max_epochs = cnn, optim, max_epochs
+
+    def training_step(self, batch, _):
+        x, y = batch
+        return F.cross_entropy(self.cnn(x), y)
+
+    def configure_optimizers(self):
+        o = self.optim
+        opt = torch.optim.SGD(self.cnn.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        return [opt], [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.max_epochs)]
+
+
+@torch.no_grad()
+def test_accuracy(cnn, dm) -> float:
+    cnn.eval()
+    correct = total = 0
+    for x, y in dm.test_dataloader():
+        correct += int((cnn(x).argmax(1) == y).sum())
+        total += len(y)
+    return correct / total
+
+
+def run_pair(seed: int, overrides: list[str], work: Path) -> dict:
+    args = ["--config", str(ROOT / "experiments" / "quickstart.yaml"), "--seed_everything", str(seed),
+            "--trainer.default_root_dir", str(work / f"jp{seed}"), "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", *overrides]
+    cli = JointPruneCLI(JointPruneModule, subclass_mode_data=True, parser_kwargs={"parser_mode": "omegaconf"},
+                        run=False, args=args, save_config_kwargs={"overwrite": True})
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, cli.datamodule)
+    jp_seconds = time.perf_counter() - start
+    report = json.loads((work / f"jp{seed}" / "pruned" / "pruned.json").read_text())
+    history = report["history"]
+
+    # The dense reference: same CNN class and arguments, freshly initialised with the same seed.
+    L.seed_everything(seed)
+    cnn_config = cli.config["model"]["cnn"]
+    init = dict(cnn_config.get("init_args") or {}, num_classes=cli.datamodule.num_classes)
+    module_name, _, cls_name = cnn_config["class_path"].rpartition(".")
+    dense_cnn = getattr(importlib.import_module(module_name), cls_name)(**init)
+    dense = DenseModule(dense_cnn, cli.model.optim, cli.trainer.max_epochs)
+    trainer = L.Trainer(max_epochs=cli.trainer.max_epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    start = time.perf_counter()
+    trainer.fit(dense, cli.datamodule)
+    dense_seconds = time.perf_counter() - start
+    return {
+        "seed": seed,
+        "jp_test_acc": report["test_acc"], "dense_test_acc": test_accuracy(dense_cnn, cli.datamodule),
+        "flops_ratio": report["flops_ratio"], "budget": report["flops_budget"],
+        "decoder_loss_first_epoch": history[0]["decoder_loss"], "decoder_loss_last_epoch": history[-1]["decoder_loss"],
+        "reward_mean_first_learned": next(h["reward_mean"] for h in history if not h.get("random_actions")),
+        "reward_mean_last": history[-1]["reward_mean"],
+        "agent_time_fraction": statistics.median(h["agent_time_fraction"] for h in history),
+        "jp_seconds": jp_seconds, "dense_seconds": dense_seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 16x16 digits, 4 epochs")
+    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "benchmarks" / "results" / "quickstart.json")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    overrides = []
+    if args.quick:
+        overrides = ["--data.init_args.resize", "16", "--trainer.max_epochs", "4", "--model.schedule.agent_until", "3",
+                     "--model.schedule.extract_at", "3"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            rows.append(run_pair(seed, overrides, Path(tmp)))
+            print(json.dumps(rows[-1]), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=2))
+    print("\n| seed | jointprune test acc | dense test acc | FLOPs ratio (budget) | decoder MSE first→last "
+          "| mean reward first learned→last | agent time / epoch | jointprune s | dense s | time ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['seed']} | {r['jp_test_acc']:.4f} | {r['dense_test_acc']:.4f} | {r['flops_ratio']:.3f} ({r['budget']}) "
+              f"| {r['decoder_loss_first_epoch']:.4g}→{r['decoder_loss_last_epoch']:.4g} "
+              f"| {r['reward_mean_first_learned']:.3f}→{r['reward_mean_last']:.3f} | {r['agent_time_fraction']:.2f} "
+              f"| {r['jp_seconds']:.0f} | {r['dense_seconds']:.0f} | {r['jp_seconds'] / r['dense_seconds']:.2f}x |")
+    med = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731
+    print(f"| median | {med('jp_test_acc'):.4f} | {med('dense_test_acc'):.4f} | {med('flops_ratio'):.3f} | | | "
+          f"{med('agent_time_fraction'):.2f} | {med('jp_seconds'):.0f} | {med('dense_seconds'):.0f} | "
+          f"{med('jp_seconds') / med('dense_seconds'):.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""ChannelStructure: which channel groups a CNN offers, in which order, with which slices."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from jointprune.pruning import ChannelStructure, StructureError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pruning_helpers import AddNet, BranchyCNN, ConvNet, image_size, make_model, one_sentence, one_thread  # noqa: E402,F401
+
+
+def _owners(group, which="out_slices"):
+    return {s.param_name.rsplit(".", 1)[0] for s in getattr(group, which)}
+
+
+def test_resnet_groups_default_and_coupled():
+    model = make_model("cifar_resnet20")
+    x = torch.randn(1, 3, 32, 32)
+    st = ChannelStructure(model, x)
+    # Default: only the inner channel of each of the 9 BasicBlocks, in forward order.
+    assert [g.name for g in st.groups] == [f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3)]
+    assert st.sizes == [16] * 3 + [32] * 3 + [64] * 3 and len(st) == 9
+    assert not any(g.residual for g in st.groups)
+    assert [g.index for g in st.groups] == list(range(9))
+    g = st.groups[3]  # layer2.0.conv1: 16 -> 32, 3x3, stride 2
+    assert (g.in_channels, g.kernel_size, g.stride) == (16, 3, 2)
+    assert _owners(g) == {"layer2.0.conv1", "layer2.0.bn1"}
+    assert _owners(g, "in_slices") == {"layer2.0.conv2"}
+    assert _owners(g, "filter_slices") == {"layer2.0.conv1"} and _owners(g, "bn_slices") == {"layer2.0.bn1"}
+
+    coupled = ChannelStructure(model, x, prune_coupled=True)
+    residual = [g for g in coupled.groups if g.residual]
+    assert len(coupled) == 12 and len(residual) == 3  # one residual stream per stage
+    stream1 = residual[0]
+    assert stream1.index == 0 and stream1.size == 16 and stream1.in_channels == 3
+    # Every producer feeding the stage-1 add is in the one group: the stem and each block's conv2.
+    assert {"conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"} <= _owners(stream1)
+    # The classifier's inputs are consumers of the last stream; its outputs are never a group.
+    assert "fc" in _owners(residual[-1], "in_slices")
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_mobilenet_v2", "mobilenet_v1", "tv_resnet18"])
+@pytest.mark.parametrize("coupled", [False, True])
+def test_input_and_classifier_never_pruned_and_slices_are_consistent(name, coupled):
+    model = make_model(name)
+    s = image_size(name)
+    st = ChannelStructure(model, torch.randn(1, 3, s, s), prune_coupled=coupled)
+    params = dict(model.named_parameters())
+    first_conv = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    classifier = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+    for g in st.groups:
+        assert g.size >= 2
+        assert g.filter_slices and set(map(id, g.filter_slices)) <= set(map(id, g.out_slices))
+        for s_ in g.out_slices:
+            assert s_.param_name != f"{classifier}.weight" and s_.param_name != f"{classifier}.bias"
+        for s_ in g.in_slices:
+            assert s_.param_name != f"{first_conv}.weight"  # the image channels stay
+        for s_ in g.out_slices + g.in_slices:
+            p = params[s_.param_name]
+            assert s_.local_idx.shape == s_.root_idx.shape
+            assert int(s_.local_idx.max()) < p.shape[s_.dim] and int(s_.root_idx.max()) < g.size
+        # Every channel of the group has a producing filter.
+        covered = torch.cat([s_.root_idx for s_ in g.filter_slices]).unique()
+        assert covered.tolist() == list(range(g.size))
+    assert len({g.name for g in st.groups}) == len(st)
+
+
+def test_user_cnn_with_concat_depthwise_and_grouped_conv():
+    model = BranchyCNN()
+    st = ChannelStructure(model, torch.randn(1, 3, 16, 16))
+    owners = [_owners(g) for g in st.groups]
+    # stem, branch a, branch b, mix(+its depthwise conv), head conv; pw and grouped stay dense.
+    assert st.sizes == [8, 6, 10, 12, 10]
+    assert owners[0] == {"stem.0", "stem.1"}
+    assert owners[1] == {"branch_a.0", "branch_a.1"}
+    assert owners[2] == {"branch_b.0", "branch_b.1"}
+    assert owners[3] == {"mix.0", "mix.1", "dw.0", "dw.1"}
+    assert owners[4] == {"head_conv.0", "head_conv.1"}
+    for g in st.groups:  # pw's outputs and the grouped conv's inputs and outputs are never cut
+        assert not ({"pw.0", "pw.1", "grouped.0", "grouped.1"} & _owners(g)) and "grouped.0" not in _owners(g, "in_slices")
+    assert _owners(st.groups[3], "in_slices") == {"pw.0"}
+    # The mix group's state features come from the pointwise conv, not the depthwise one.
+    assert (st.groups[3].in_channels, st.groups[3].kernel_size) == (16, 1)
+    # Concatenation: branch b's channels are mix's input columns 6..15.
+    (col_b,) = st.groups[2].in_slices
+    assert col_b.param_name == "mix.0.weight" and col_b.local_idx.tolist() == list(range(6, 16))
+    # Flatten after a 2x2 pool: each head channel is four classifier inputs.
+    (fc_in,) = st.groups[4].in_slices
+    assert fc_in.param_name == "fc.weight" and len(fc_in.local_idx) == 40
+    assert torch.bincount(fc_in.root_idx).tolist() == [4] * 10
+
+
+def test_structure_restores_training_mode_and_leaves_weights_alone():
+    model = ConvNet().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ChannelStructure(model, torch.randn(1, 1, 8, 8))
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model.eval()
+    ChannelStructure(model, torch.randn(1, 1, 8, 8))
+    assert not model.training
+
+
+@pytest.mark.parametrize("model, shape", [
+    (nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), (1, 3, 2, 2)),                    # no conv at all
+    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()), (1, 3, 8, 8)),  # no consumer
+    (nn.Sequential(nn.Conv2d(3, 1, 3), nn.Flatten(), nn.Linear(36, 2)), (1, 3, 8, 8)),  # one channel only
+], ids=["linear-only", "conv-only", "single-channel"])
+def test_model_without_prunable_group_is_one_sentence(model, shape):
+    with pytest.raises(StructureError, match=r"has no prunable channel group: jointprune needs at least one conv") as exc:
+        ChannelStructure(model, torch.randn(shape))
+    assert one_sentence(str(exc.value))
+
+
+def test_residual_only_model_needs_prune_coupled():
+    model = AddNet()
+    with pytest.raises(StructureError, match=r"residual-coupled groups are skipped unless prune_coupled=True") as exc:
+        ChannelStructure(model, torch.randn(1, 1, 8, 8))
+    assert one_sentence(str(exc.value))
+    st = ChannelStructure(model, torch.randn(1, 1, 8, 8), prune_coupled=True)
+    assert len(st) == 1 and st.groups[0].residual and _owners(st.groups[0]) == {"a", "b"}

@@ -292,6 +292,15 @@ class JointPruneModule(L.LightningModule):
             restore_buffers(self.cnn, self._saved_buffers)
             self._saved_buffers = None
 
+    def reward_calibration(self) -> tuple[Optional[list[torch.Tensor]], bool]:
+        """(training batches to re-estimate BN on, whether to use the reward batch's own stats)."""
+        r = self.reward_opts
+        if not r.bn_recalibration:
+            return None, False
+        if r.recalibration_source == "reward":
+            return None, True
+        return self.recalibration_batches(), False
+
     def recalibration_batches(self) -> list[torch.Tensor]:
         loader = self.trainer.train_dataloader
         if loader is None:

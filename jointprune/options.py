@@ -80,7 +80,10 @@ class EnvReprOptions:
 @dataclass
 class RewardOptions:
     bn_recalibration: bool = False     # re-estimate BN statistics of a candidate before scoring [ours]
-    recalibration_batches: int = 2
+    recalibration_batches: int = 2     # with source "train": training batches to re-estimate on
+    # "train": re-estimate on training batches, then score (two passes). "reward": score with
+    # the BN statistics of the reward images themselves (AdaBN-style, one pass, half the cost).
+    recalibration_source: Literal["train", "reward"] = "train"
     max_samples: Optional[int] = None  # score on at most this many reward images (speed knob)
     batch_size: int = 512
 

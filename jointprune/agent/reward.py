@@ -7,6 +7,7 @@ network's statistics are restored afterwards.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable, Iterable
 
 import torch
@@ -23,10 +24,14 @@ class RewardScorer:
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, masks: list[torch.Tensor] | None,
-                 recalibrate: Iterable[torch.Tensor] | None = None) -> float:
+                 recalibrate: Iterable[torch.Tensor] | None = None, batch_stats: bool = False) -> float:
+        """`recalibrate`: batches to re-estimate BN statistics on first; `batch_stats`: score with
+        each reward batch's own BN statistics instead (one pass). Live statistics are restored."""
         saved = recalibrate_bn(model, self.plan, masks, recalibrate) if recalibrate is not None else None
+        if batch_stats and saved is None:
+            saved = {k: v.clone() for k, v in model.named_buffers()}
         try:
-            with eval_mode(model):
+            with eval_mode(model), bn_batch_stats(model, batch_stats):
                 params = self.plan.masked_parameters(model, masks) if masks is not None else None
                 correct = torch.zeros(2, device=self.x.device)
                 for i in range(0, len(self.x), self.batch_size):
@@ -43,6 +48,19 @@ class RewardScorer:
         if self.all_reduce is not None:
             correct = self.all_reduce(correct)
         return float(correct[0] / correct[1].clamp_min(1))
+
+
+@contextmanager
+def bn_batch_stats(model: nn.Module, enabled: bool):
+    """Only the BN layers in train mode (batch statistics); dropout and the rest stay in eval."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if enabled else []
+    for m in bns:
+        m.train()
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.eval()
 
 
 def recalibrate_bn(model: nn.Module, plan: MaskPlan, masks, batches) -> dict:

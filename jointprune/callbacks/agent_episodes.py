@@ -43,17 +43,17 @@ class AgentEpisodes(L.Callback):
         with torch.no_grad():
             from ..pruning import group_importance, top_k_masks
             scores = group_importance(pm.cnn, pm.structure, pm.pruning.importance)
-            recal = pm.recalibration_batches() if pm.reward_opts.bn_recalibration else None
+            recal, batch_stats = pm.reward_calibration()
             if pm.incumbent_kept is not None:  # old rewards were earned on older weights
                 pm.incumbent_masks = top_k_masks(scores, pm.incumbent_kept)
-                pm.incumbent_reward = self.scorer(pm.cnn, pm.incumbent_masks, recal)
+                pm.incumbent_reward = self.scorer(pm.cnn, pm.incumbent_masks, recal, batch_stats)
             z = pm.env_repr.z(t).detach().cpu()
             random = t < pm.agent_opts.random_epochs
             rewards = []
             for _ in range(pm.agent_opts.episodes_per_epoch):
                 episode = self._rollout(pm, z, random)
                 masks = top_k_masks(scores, episode.kept)
-                reward = self.scorer(pm.cnn, masks, recal)
+                reward = self.scorer(pm.cnn, masks, recal, batch_stats)
                 rewards.append(reward)
                 n = len(episode.kept)
                 r = torch.zeros(n)
@@ -78,8 +78,7 @@ class AgentEpisodes(L.Callback):
                 pm.incumbent_kept = self._rollout(pm, None, True).kept
         scores = group_importance(pm.cnn, pm.structure, pm.pruning.importance)
         pm.incumbent_masks = top_k_masks(scores, pm.incumbent_kept)
-        recal = pm.recalibration_batches() if pm.reward_opts.bn_recalibration else None
-        pm.incumbent_reward = self.scorer(pm.cnn, pm.incumbent_masks, recal)
+        pm.incumbent_reward = self.scorer(pm.cnn, pm.incumbent_masks, *pm.reward_calibration())
         pm.epoch_stats = {"reward_mean": pm.incumbent_reward, "reward_best": pm.incumbent_reward,
                           "incumbent_reward": pm.incumbent_reward, "flops_ratio": pm.flops_ratio(),
                           "agent_seconds": time.perf_counter() - start, "random_actions": 0.0}

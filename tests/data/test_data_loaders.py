@@ -2,9 +2,9 @@
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
 from lightning.pytorch.utilities.data import _update_dataloader
 from torch import nn
-from torch.utils.data import DistributedSampler
 
 from jointprune.data import DigitsDataModule
 from jointprune.data.augment import Normalize, random_crop_flip
@@ -37,13 +37,17 @@ def test_normalize_matches_reference():
 def test_loader_survives_lightnings_distributed_sampler_swap():
     dm = DigitsDataModule(batch_size=50)
     dm.setup()
-    halves = [
-        _update_dataloader(dm.train_dataloader(), DistributedSampler(dm._data["train"][0], num_replicas=2, rank=r, seed=0))
-        for r in (0, 1)
-    ]
+    halves = []
+    for rank in (0, 1):  # what Lightning's data connector does on each DDP rank
+        loader = dm.train_dataloader()
+        sampler = _get_distributed_sampler(loader, shuffle=True, overfit_batches=0, num_replicas=2, rank=rank)
+        halves.append(_update_dataloader(loader, sampler))
     ys = [torch.cat([y for _, y in h]) for h in halves]
     n = len(dm.splits["train"])
     assert all(len(y) == (n // 2) // 50 * 50 for y in ys)  # drop_last kept, half each
+    for h in halves:  # Lightning's per-epoch set_epoch reaches our sampler through its wrapper
+        h.sampler.set_epoch(3)
+    assert halves[0].sampler.dataset._sampler.epoch == 3
     x, _ = next(iter(halves[0]))
     assert x.shape == (50, 3, 32, 32) and x.dtype == torch.float32
 

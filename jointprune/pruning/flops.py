@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from torch_pruning.utils import op_counter
 
-from .structure import ChannelStructure, StructureError
+from .structure import ChannelStructure, StructureError, forward_with_hooks
 
 _NUMEL_IN = (tuple(k for k, v in op_counter.MODULES_MAPPING.items()
                    if v in (op_counter.pool_flops_counter_hook, op_counter.bn_flops_counter_hook,
@@ -54,13 +54,7 @@ def _record_calls(model: nn.Module, x: torch.Tensor) -> list[dict]:
                                  "use convolutions, linear layers, norms, activations and pooling.")
         calls.append(rec)
 
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if op_counter.is_supported_instance(m)]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, x, hook, [m for m in model.modules() if op_counter.is_supported_instance(m)])
     return calls
 
 

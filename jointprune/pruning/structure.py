@@ -167,6 +167,17 @@ def _first(value) -> int:
     return int(value[0] if isinstance(value, (tuple, list)) else value)
 
 
+def forward_with_hooks(model: nn.Module, x: torch.Tensor, hook, modules=None) -> None:
+    """One no-grad forward pass with `hook` on `modules` (default: all), removed afterwards."""
+    hooks = [m.register_forward_hook(hook) for m in (model.modules() if modules is None else modules)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def _execution_order(model: nn.Module, x: torch.Tensor) -> dict[nn.Module, int]:
     """Index of each module's first call in a forward pass: groups are ordered input to output."""
     order: dict[nn.Module, int] = {}
@@ -174,11 +185,5 @@ def _execution_order(model: nn.Module, x: torch.Tensor) -> dict[nn.Module, int]:
     def record(module, inputs, output):  # returns None: a hook's return value would replace the output
         order.setdefault(module, len(order))
 
-    hooks = [m.register_forward_hook(record) for m in model.modules()]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_with_hooks(model, x, record)
     return order

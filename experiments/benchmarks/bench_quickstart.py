@@ -90,6 +90,9 @@ def run_pair(seed: int, overrides: list[str], work: Path) -> dict:
         "reward_mean_last": history[-1]["reward_mean"],
         "agent_time_fraction": statistics.median(h["agent_time_fraction"] for h in history),
         "jp_seconds": jp_seconds, "dense_seconds": dense_seconds,
+        # within each agent epoch, the decoder's MSE over its first and last tenth of steps
+        "decoder_fit_per_epoch": [(h["decoder_loss_first"], h["decoder_loss"]) for h in history],
+        "reward_mean_per_epoch": [h["reward_mean"] for h in history],
     }
 
 
@@ -111,6 +114,10 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))
+    print("\nPer agent epoch: mean reward, and the decoder's MSE over its first -> last steps of the epoch")
+    for r in rows:
+        print(f"seed {r['seed']}: rewards " + " ".join(f"{v:.3f}" for v in r["reward_mean_per_epoch"]) + " | decoder "
+              + " ".join(f"{a:.4f}->{b:.4f}" for a, b in r["decoder_fit_per_epoch"]))
     print("\n| seed | jointprune test acc | dense test acc | FLOPs ratio (budget) | decoder MSE first→last "
           "| mean reward first learned→last | agent time / epoch | jointprune s | dense s | time ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|")

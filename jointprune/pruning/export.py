@@ -1,8 +1,11 @@
 """`pruned.pt` + `pruned.json`: the sub-network as a self-contained program plus its report.
 
-`pruned.pt` holds a `torch.export` program: loading it needs torch only, not jointprune's nor the
-user's model classes, and `load_pruned` returns a plain `nn.Module` for inference. The batch
-dimension is exported as dynamic. Both files are written under temporary names and renamed.
+`pruned.pt` holds the network traced with torch.fx: a GraphModule whose generated code replaces
+the user's `forward`, while its layers stay standard `torch.nn` modules. Loading it needs torch
+only (not jointprune's nor the user's classes), it is trainable and switches train/eval, and
+torch-pruning's counter finds the same FLOPs on it as `pruned.json` reports. A network fx
+cannot trace is saved as a `torch.export` program instead (dynamic batch; inference only).
+`pruned.json` records which ("format"). Both files are written under temporary names.
 """
 from __future__ import annotations
 
@@ -38,10 +41,8 @@ def save_pruned(module: nn.Module, dirpath: str | Path, report: dict, example_in
         x = example_input.to(device)
         if x.shape[0] < 2:  # a batch of 1 would be specialised by export; 2 keeps the dim symbolic
             x = torch.cat([x, x])
-        batch = torch.export.Dim("batch", min=1, max=1 << 16)
-        program = torch.export.export(module, (x,), dynamic_shapes=({0: batch},))
         buffer = io.BytesIO()
-        torch.export.save(program, buffer)
+        report = dict(report, format=_save_program(module, x, buffer))
         atomic_write_bytes(dirpath / "pruned.pt", buffer.getvalue())
         if onnx:
             export_onnx(module, x, dirpath / "pruned.onnx")
@@ -49,6 +50,38 @@ def save_pruned(module: nn.Module, dirpath: str | Path, report: dict, example_in
         module.train(was_training)
     atomic_write_json(dirpath / "pruned.json", report)
     return dirpath
+
+
+def _save_program(module: nn.Module, x: torch.Tensor, buffer: io.BytesIO) -> str:
+    """fx GraphModule when the network traces to the same outputs, else a torch.export program."""
+    try:
+        traced = torch.fx.symbolic_trace(module)
+        with torch.no_grad():
+            same = torch.allclose(traced(x), module(x), atol=1e-5, rtol=1e-4)
+        if same:
+            torch.save(traced, buffer)
+            return "fx"
+    except Exception:  # noqa: BLE001 - data-dependent control flow and the like: use torch.export
+        pass
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    torch.export.save(torch.export.export(module, (x,), dynamic_shapes=({0: batch},)), buffer)
+    return "export"
+
+
+class ExportedNetwork(nn.Module):
+    """A torch.export program as an nn.Module; eval semantics are baked in, so train()/eval()
+    only set the flag instead of failing inside the exported graph."""
+
+    def __init__(self, program_module: nn.Module):
+        super().__init__()
+        self.program = program_module
+
+    def forward(self, x):
+        return self.program(x)
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        return self
 
 
 def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str | Path) -> Path:
@@ -88,9 +121,15 @@ def load_report(path: str | Path) -> dict:
 def load_pruned(path: str | Path) -> nn.Module:
     """The pruned network as a plain `nn.Module` ready for inference (eval semantics baked in)."""
     program, _ = _resolve(path)
-    load_report(path)
+    report = load_report(path)
+    data = io.BytesIO(program.read_bytes())
     try:
-        loaded = torch.export.load(io.BytesIO(program.read_bytes()))
+        if report.get("format", "export") == "fx":
+            # our own file, written by save_pruned: a pickled GraphModule of torch.nn layers
+            module = torch.load(data, weights_only=False)
+            if not isinstance(module, nn.Module):
+                raise TypeError("not a module")
+            return module.eval()
+        return ExportedNetwork(torch.export.load(data).module()).eval()
     except Exception as err:  # a truncated or foreign file: say what it is, not a zip traceback
         raise ExportError(f"{program} is not a readable jointprune pruned.pt ({type(err).__name__}).") from None
-    return loaded.module()

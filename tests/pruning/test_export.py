@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
+import torch_pruning as tp
 
 from jointprune import load_pruned as top_level_load_pruned
 from jointprune.pruning import (
@@ -140,3 +142,49 @@ def test_onnx_export_passes_the_checker(pruned, tmp_path):
     (got,) = session.run(None, {"input": x.numpy()})
     with torch.no_grad():
         assert np.allclose(got, small(x).numpy(), atol=1e-4)
+
+
+def _report(model, x):
+    flops, params = tp.utils.count_ops_and_params(model, x[:1])
+    return {"dense_flops": flops, "pruned_flops": flops, "flops_budget": 1.0, "dense_params": params,
+            "pruned_params": params, "groups": []}
+
+
+def test_fx_export_keeps_layers_so_the_counter_agrees(tmp_path):
+    """The reloaded network is made of torch.nn layers: torch-pruning counts the same FLOPs,
+    and it switches between train and eval like any module."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(6, 4)).eval()
+    x = torch.randn(3, 3, 8, 8)
+    save_pruned(model, tmp_path, _report(model, x), x[:1])
+    assert json.loads((tmp_path / "pruned.json").read_text())["format"] == "fx"
+    loaded = load_pruned(tmp_path)
+    assert tp.utils.count_ops_and_params(loaded, x[:1])[0] == tp.utils.count_ops_and_params(model, x[:1])[0]
+    loaded.train()
+    loaded.eval()
+    torch.testing.assert_close(loaded(x), model(x))
+
+
+class DataDependent(nn.Module):
+    """fx cannot trace a branch on a shape (a Proxy has no truth value); torch.export can."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x).mean((2, 3))
+        if x.shape[-1] > 2:
+            return y
+        return -y
+
+
+def test_untraceable_network_falls_back_to_torch_export(tmp_path):
+    model = DataDependent().eval()
+    x = torch.randn(2, 3, 4, 4)
+    save_pruned(model, tmp_path, _report(model, x), x[:1])
+    assert json.loads((tmp_path / "pruned.json").read_text())["format"] == "export"
+    loaded = load_pruned(tmp_path)
+    assert loaded.eval() is loaded and loaded.train() is loaded  # no NotImplementedError
+    torch.testing.assert_close(loaded(x), model(x))

@@ -63,6 +63,7 @@ from jointprune.module import JointPruneModule  # noqa: E402
 from jointprune.options import (AgentOptions, AlignmentOptions, EnvReprOptions, ExportOptions,  # noqa: E402
                                 OptimOptions, RewardOptions, ScheduleOptions)
 from jointprune.pruning import ChannelStructure  # noqa: E402
+from jointprune.pruning.extract import prune_keeping_momentum  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -252,20 +253,8 @@ def run_plain(method: str, task: dict, budget: float, seed: int, cfg: dict) -> d
             ratio = tp_search_ratio(model, budget * dense_flops, roots, dm.input_shape)
             extra["search_s"] = time.perf_counter() - t0
             extra["tp_ratio"] = ratio
-            # Park SGD momentum in .grad: torch-pruning slices a parameter's grad with it (the
-            # same trick jointprune's extraction uses), then hand it back to the same optimizer,
-            # whose param group and LR scheduler keep their place.
-            for p in model.parameters():
-                buf = opt.state.get(p, {}).get("momentum_buffer")
-                p.grad = None if buf is None else buf.clone()
-            tp_prune(model, ratio, roots, dm.input_shape)
-            params = list(model.parameters())
-            opt.state.clear()
-            opt.param_groups[0]["params"] = params
-            for p in params:
-                if p.grad is not None:
-                    opt.state[p] = {"momentum_buffer": p.grad.detach().clone()}
-                p.grad = None
+            # Momentum sliced to the kept channels, exactly as jointprune's own extraction does.
+            prune_keeping_momentum(model, opt, lambda: tp_prune(model, ratio, roots, dm.input_shape))
         train_epoch(model, opt, loader)
         sched.step()
     test_acc = evaluate(model, dm.test_dataloader(), torch.device("cpu"))

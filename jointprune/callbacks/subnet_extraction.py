@@ -12,35 +12,25 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from ..errors import JointPruneError
+from ..pruning.extract import prune_keeping_momentum
 from .report import evaluate, final_report, log_width_plot, print_final_table, save_width_plot
 
 
 def extract_in_place(pm, optimizer) -> None:
-    """Cut the live CNN to the incumbent with torch-pruning's surgery on its own dependency graph.
-
-    SGD momentum is parked in `.grad` during the surgery because torch-pruning slices a
-    parameter's gradient together with its weight; it is then moved back into the optimizer,
-    which keeps its param groups (and so the LR scheduler keeps its place)."""
+    """Cut the live CNN to the incumbent with torch-pruning's surgery on its own dependency
+    graph; SGD momentum is sliced to the kept channels."""
     cnn, structure = pm.cnn, pm.structure
-    if optimizer is not None:
-        for p in cnn.parameters():
-            buf = optimizer.state.get(p, {}).get("momentum_buffer")
-            p.grad = None if buf is None else buf.clone()
     modules = dict(cnn.named_modules())
     graph = structure.graph
-    for group, mask in zip(structure.groups, pm.incumbent_masks):
-        removed = torch.nonzero(~mask.cpu()).flatten().tolist()
-        if removed:
-            root = modules[group.name]
-            graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, removed).prune()
-    if optimizer is not None:
-        params = list(cnn.parameters())
-        optimizer.state.clear()
-        optimizer.param_groups[0]["params"] = params
-        for p in params:
-            if p.grad is not None:
-                optimizer.state[p] = {"momentum_buffer": p.grad.detach().clone()}
-            p.grad = None
+
+    def surgery():
+        for group, mask in zip(structure.groups, pm.incumbent_masks):
+            removed = torch.nonzero(~mask.cpu()).flatten().tolist()
+            if removed:
+                root = modules[group.name]
+                graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, removed).prune()
+
+    prune_keeping_momentum(cnn, optimizer, surgery)
     pm.extracted = True
 
 

@@ -34,3 +34,26 @@ def extract_subnetwork(model: nn.Module, structure: ChannelStructure, masks: lis
             copy_structure.graph.get_pruning_group(root, fn, removed).prune()
     small.train(was_training)
     return small
+
+
+def prune_keeping_momentum(model: nn.Module, optimizer, surgery) -> None:
+    """Run `surgery()` (in-place torch-pruning on `model`) and keep the optimizer's momentum for
+    the channels that stay.
+
+    The momentum is parked in `.grad` during the surgery because torch-pruning slices a
+    parameter's gradient together with its weight; it then goes back into the same optimizer,
+    whose param group (and so any LR scheduler on it) keeps its place."""
+    if optimizer is None:
+        surgery()
+        return
+    for p in model.parameters():
+        buf = optimizer.state.get(p, {}).get("momentum_buffer")
+        p.grad = None if buf is None else buf.clone()
+    surgery()
+    params = list(model.parameters())
+    optimizer.state.clear()
+    optimizer.param_groups[0]["params"] = params
+    for p in params:
+        if p.grad is not None:
+            optimizer.state[p] = {"momentum_buffer": p.grad.detach().clone()}
+        p.grad = None

@@ -8,11 +8,13 @@ and extraction live in the callbacks (`jointprune.callbacks`), the maths in plai
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import asdict
 from typing import Optional
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,7 +26,7 @@ from .errors import JointPruneError
 from .options import (AgentOptions, AlignmentOptions, PruningOptions, EnvReprOptions, ExportOptions,
                       OptimOptions, RewardOptions, ScheduleOptions, resolve_epoch)
 from .pruning import (AlignmentRegularizer, BudgetClipper, ChannelStructure, FlopsModel, KeepRule, MaskPlan,
-                      check_budget, group_importance, top_k_masks)
+                      check_budget)
 
 AGENT_PREFIXES = ("sac.", "env_repr.", "decoder.")
 
@@ -35,9 +37,6 @@ def _as(cls, value):
 
 
 def get_rng_state() -> dict:
-    import random
-
-    import numpy as np
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     # plain tensors and numbers only, so checkpoints load with torch.load(weights_only=True)
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -47,9 +46,6 @@ def get_rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    import random
-
-    import numpy as np
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
@@ -185,10 +181,6 @@ class JointPruneModule(L.LightningModule):
 
     def current_masks(self) -> Optional[list[torch.Tensor]]:
         return None if self.extracted else self.incumbent_masks
-
-    def masks_for(self, kept: list[int]) -> list[torch.Tensor]:
-        scores = group_importance(self.cnn, self.structure, self.pruning.importance)
-        return top_k_masks(scores, kept)
 
     # ----------------------------------------------------------------- training
     def forward(self, x: torch.Tensor) -> torch.Tensor:

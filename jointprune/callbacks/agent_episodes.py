@@ -10,6 +10,8 @@ import lightning as L
 import torch
 
 from ..agent.reward import RewardScorer
+from ..errors import JointPruneError
+from ..pruning import group_importance, top_k_masks
 from .sync import all_reduce_sum, broadcast_object, shard
 
 
@@ -20,7 +22,6 @@ class AgentEpisodes(L.Callback):
     def on_train_start(self, trainer, pm) -> None:
         dm = trainer.datamodule
         if dm is None or not hasattr(dm, "reward_tensors"):
-            from ..errors import JointPruneError
             raise JointPruneError("data must be a jointprune DataModule (or provide reward_tensors()) so the "
                                   "agent can score sub-networks on a held-out reward split.")
         x, y = dm.reward_tensors()
@@ -39,9 +40,7 @@ class AgentEpisodes(L.Callback):
             return
         t = pm.agent_epoch(epoch)
         pm.env_repr.begin_epoch(t)
-        scores = None
         with torch.no_grad():
-            from ..pruning import group_importance, top_k_masks
             scores = group_importance(pm.cnn, pm.structure, pm.pruning.importance)
             recal, batch_stats = pm.reward_calibration()
             if pm.incumbent_kept is not None:  # old rewards were earned on older weights
@@ -70,7 +69,6 @@ class AgentEpisodes(L.Callback):
 
     def _baseline(self, pm, start: float) -> None:
         """Uniform or random allocation, chosen once; no learning, same schedule otherwise."""
-        from ..pruning import group_importance, top_k_masks
         if pm.incumbent_kept is None:
             if pm.agent_opts.policy == "uniform":
                 pm.incumbent_kept = pm.environment.uniform_under_budget()

@@ -12,25 +12,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from ..errors import JointPruneError
-from ..pruning.extract import prune_keeping_momentum
+from ..pruning.extract import cut_in_place, prune_keeping_momentum
 from .report import evaluate, final_report, log_width_plot, print_final_table, save_width_plot
 
 
 def extract_in_place(pm, optimizer) -> None:
-    """Cut the live CNN to the incumbent with torch-pruning's surgery on its own dependency
-    graph; SGD momentum is sliced to the kept channels."""
-    cnn, structure = pm.cnn, pm.structure
-    modules = dict(cnn.named_modules())
-    graph = structure.graph
-
-    def surgery():
-        for group, mask in zip(structure.groups, pm.incumbent_masks):
-            removed = torch.nonzero(~mask.cpu()).flatten().tolist()
-            if removed:
-                root = modules[group.name]
-                graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, removed).prune()
-
-    prune_keeping_momentum(cnn, optimizer, surgery)
+    """Cut the live CNN to the incumbent on its own dependency graph; SGD momentum is sliced to
+    the kept channels."""
+    prune_keeping_momentum(pm.cnn, optimizer, lambda: cut_in_place(pm.structure, pm.incumbent_masks))
     pm.extracted = True
 
 

@@ -1,8 +1,7 @@
 """Physical extraction of the masked sub-network with torch-pruning's surgery.
 
 The extracted module is an ordinary copy of the user's network with fewer channels; its
-eval-mode outputs equal the masked network's. It is written as `pruned.pt` (a torch.export
-program, so loading needs neither jointprune's nor the user's classes) and `pruned.json`.
+eval-mode outputs equal the masked network's. `export.py` writes it as `pruned.pt` + `pruned.json`.
 """
 from __future__ import annotations
 
@@ -11,27 +10,32 @@ import copy
 import torch
 import torch.nn as nn
 
+from .masks import MaskPlan
 from .structure import ChannelStructure
+
+
+def cut_in_place(structure: ChannelStructure, masks: list[torch.Tensor]) -> None:
+    """Remove, from `structure.model` itself, every channel whose mask is False (one mask per
+    group, in `structure.groups` order), with torch-pruning's surgery on the structure's graph."""
+    graph = structure.graph
+    modules = dict(structure.model.named_modules())
+    for group, mask in zip(structure.groups, masks):
+        removed = torch.nonzero(~mask.cpu()).flatten().tolist()
+        if removed:
+            root = modules[group.name]
+            graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, removed).prune()
 
 
 def extract_subnetwork(model: nn.Module, structure: ChannelStructure, masks: list[torch.Tensor]) -> nn.Module:
     """A physically smaller copy of `model` that keeps exactly the channels where masks are True."""
-    from .masks import MaskPlan
     MaskPlan(structure).validate(masks)
     small = copy.deepcopy(model)
     was_training = small.training
     example = structure.example_input.to(next(small.parameters()).device)
     # Build the dependency graph of the copy; groups are matched to the live ones by root name.
     copy_structure = ChannelStructure(small, example, prune_coupled=structure.prune_coupled)
-    modules = dict(small.named_modules())
     live = {g.name: i for i, g in enumerate(structure.groups)}
-    for group in copy_structure.groups:
-        mask = masks[live[group.name]].cpu()
-        removed = torch.nonzero(~mask).flatten().tolist()
-        if removed:
-            root = modules[group.name]
-            fn = copy_structure.graph.get_pruner_of_module(root).prune_out_channels
-            copy_structure.graph.get_pruning_group(root, fn, removed).prune()
+    cut_in_place(copy_structure, [masks[live[g.name]] for g in copy_structure.groups])
     small.train(was_training)
     return small
 

@@ -90,11 +90,9 @@ class ChannelStructure:
                 candidates.append((first_call, built, group))
         candidates.sort(key=lambda c: c[0])
         self.groups: list[ChannelGroup] = []
-        self.tp_groups = []
-        for i, (_, built, group) in enumerate(candidates):
+        for i, (_, built, _) in enumerate(candidates):
             built.index = i
             self.groups.append(built)
-            self.tp_groups.append(group)
         if not self.groups:
             raise StructureError(
                 f"{type(model).__name__} has no prunable channel group: jointprune needs at least one "
@@ -108,9 +106,6 @@ class ChannelStructure:
 
     def __len__(self) -> int:
         return len(self.groups)
-
-    def root_module(self, group: ChannelGroup) -> nn.Module:
-        return dict(self.model.named_modules())[group.name]
 
     def _build_group(self, group) -> ChannelGroup | None:
         has_consumer = any(dep.handler in IN_FNS for dep, _ in group)

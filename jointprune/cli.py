@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .errors import JointPruneError
 from .module import JointPruneModule
@@ -29,6 +30,9 @@ def main(args=None) -> None:
     except JointPruneError as err:
         print(f"jointprune: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except SIGTERMException:  # Lightning's exits with status 0; a stopped run is not a finished one
+        print("jointprune: stopped by SIGTERM; resume with --ckpt_path last.", file=sys.stderr)
+        raise SystemExit(143) from None
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from .agent.episode import STATE_DIM, PruningEnvironment
 from .errors import JointPruneError
 from .options import (AgentOptions, AlignmentOptions, PruningOptions, EnvReprOptions, ExportOptions,
                       OptimOptions, RewardOptions, ScheduleOptions, resolve_epoch)
+from .options import ClusterOptions
 from .pruning import (AlignmentRegularizer, BudgetClipper, ChannelStructure, FlopsModel, KeepRule, MaskPlan,
                       check_budget)
 
@@ -70,6 +71,7 @@ class JointPruneModule(L.LightningModule):
         env_repr: EnvReprOptions = EnvReprOptions(),
         reward: RewardOptions = RewardOptions(),
         export: ExportOptions = ExportOptions(),
+        cluster: ClusterOptions = ClusterOptions(),
     ):
         """
         Args:
@@ -84,17 +86,20 @@ class JointPruneModule(L.LightningModule):
         pruning, alignment, optim = _as(PruningOptions, pruning), _as(AlignmentOptions, alignment), _as(OptimOptions, optim)
         schedule, agent, env_repr = _as(ScheduleOptions, schedule), _as(AgentOptions, agent), _as(EnvReprOptions, env_repr)
         reward, export = _as(RewardOptions, reward), _as(ExportOptions, export)
+        cluster = _as(ClusterOptions, cluster)
         # Options are stored as plain dicts so that checkpoints load with weights_only=True.
         self.save_hyperparameters({
             "flops_budget": flops_budget, "input_shape": list(input_shape), "num_classes": num_classes, "seed": seed,
             **{k: asdict(v) for k, v in dict(pruning=pruning, alignment=alignment, optim=optim, schedule=schedule,
-                                             agent=agent, env_repr=env_repr, reward=reward, export=export).items()}})
+                                             agent=agent, env_repr=env_repr, reward=reward, export=export,
+                                             cluster=cluster).items()}})
         self.automatic_optimization = False
         self.cnn = cnn
         self.flops_budget, self.input_shape, self.num_classes = flops_budget, tuple(input_shape), num_classes
         self.seed = seed
         self.pruning, self.alignment, self.optim, self.schedule = pruning, alignment, optim, schedule
         self.agent_opts, self.env_opts, self.reward_opts, self.export_opts = agent, env_repr, reward, export
+        self.cluster_opts = cluster
         self.engine_ready = False
         # Run state that checkpoints carry (see on_save_checkpoint).
         self.incumbent_kept: Optional[list[int]] = None
@@ -145,7 +150,8 @@ class JointPruneModule(L.LightningModule):
         self.decoder = RewardDecoder(STATE_DIM, 1, self.env_opts.dim, hidden=(self.agent_opts.hidden,) * 2)
         self.replay = ReplayBuffer(self.agent_opts.replay_capacity, STATE_DIM, 1)
         for split in ("train", "val", "test"):
-            setattr(self, f"{split}_acc", MulticlassAccuracy(self.num_classes, average="micro"))
+            # validate_args=False: the argument checks read tensor values on the host every step
+            setattr(self, f"{split}_acc", MulticlassAccuracy(self.num_classes, average="micro", validate_args=False))
         self.ignore_agent_in_ddp()
         self.engine_ready = True
 
@@ -195,20 +201,35 @@ class JointPruneModule(L.LightningModule):
         masks = self.current_masks()
         if masks is not None and self.alignment.weight > 0:
             loss = ce + self.alignment.weight * self.aligner(self.cnn, masks)
-        if not torch.isfinite(loss):
-            raise JointPruneError(f"the training loss became {loss.item()} at epoch {self.current_epoch} "
-                                  f"(batch {batch_idx}); lower model.optim.lr. Nothing was saved.")
+        self.watch_finite(loss.detach(), batch_idx)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt.step()
-        self.train_acc(logits.detach(), y)
+        self.train_acc.update(logits.detach(), y)
         self.log("train/loss", ce.detach(), prog_bar=True, on_step=True, on_epoch=True, sync_dist=False)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss.detach()
 
+    def watch_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Remembers on the device the first batch whose loss was not finite and checks it on the
+        host only every `trainer.log_every_n_steps` batches and at the epoch's last batch (before
+        any end-of-epoch checkpoint): a per-step check would synchronise the GPU every step."""
+        bad = getattr(self, "_first_bad_batch", None)
+        if bad is None or bad.device != loss.device:
+            bad = self._first_bad_batch = torch.full((), -1, dtype=torch.long, device=loss.device)
+        self._first_bad_batch = torch.where(torch.isfinite(loss) | (bad >= 0), bad, batch_idx)
+        every = max(int(getattr(self.trainer, "log_every_n_steps", 50) or 50), 1)
+        if (batch_idx + 1) % every == 0 or batch_idx + 1 == self.trainer.num_training_batches:
+            first = int(self._first_bad_batch)  # the one host sync, at a logging interval
+            if first >= 0:
+                raise JointPruneError(f"the training loss became NaN or infinite at epoch {self.current_epoch} "
+                                      f"(batch {first}); lower model.optim.lr. Nothing was saved.")
+
     def configure_callbacks(self):
         from .callbacks import AgentEpisodes, RewardDecoding, SubnetExtraction
-        return [AgentEpisodes(), RewardDecoding(), SubnetExtraction()]
+        from .callbacks.sync import ClusterSafety
+        return [ClusterSafety(self.cluster_opts.sync_timeout_s, self.cluster_opts.sigterm_grace_s),
+                AgentEpisodes(), RewardDecoding(), SubnetExtraction()]
 
     def on_train_epoch_start(self) -> None:
         if self.pending_rng is not None:  # resumed: continue the random streams where they stopped
@@ -230,7 +251,9 @@ class JointPruneModule(L.LightningModule):
         stats = self.epoch_stats
         if not stats:
             return
-        train_seconds = max(getattr(self, "last_batch_end", self.epoch_started) - self.epoch_started, 1e-9)
+        # the agent runs inside the last batch's end hook (callbacks.sync), so take its time out
+        started = getattr(self, "epoch_started", None) or getattr(self, "last_batch_end", 0.0)
+        train_seconds = max(getattr(self, "last_batch_end", started) - started - stats["agent_seconds"], 1e-9)
         stats["agent_time_fraction"] = stats["agent_seconds"] / train_seconds
         stats["epoch"] = self.current_epoch
         for key in ("reward_mean", "reward_best", "incumbent_reward", "flops_ratio", "decoder_loss", "critic_loss"):
@@ -239,10 +262,11 @@ class JointPruneModule(L.LightningModule):
                 raise JointPruneError(f"the agent's {key} became {value} at epoch {self.current_epoch}; "
                                       "check the data and the learning rates. Nothing was saved.")
         self.history.append(dict(stats))
-        self.log_dict({f"prune/{k}": float(v) for k, v in stats.items() if k != "epoch"}, sync_dist=True)
+        # identical on every rank (decided on rank 0 and broadcast): no reduction needed
+        self.log_dict({f"prune/{k}": float(v) for k, v in stats.items() if k != "epoch"}, sync_dist=False)
         if self.incumbent_kept is not None:
             keep = {f"prune_keep/{g.name}": k / g.size for g, k in zip(self.structure.groups, self.incumbent_kept)}
-            self.log_dict(keep, sync_dist=True)
+            self.log_dict(keep, sync_dist=False)
         self.print_summary(stats)
 
     def print_summary(self, s: dict) -> None:
@@ -259,9 +283,13 @@ class JointPruneModule(L.LightningModule):
 
     def _eval_step(self, batch, split: str):
         x, y = batch
-        logits = self.plan.forward(self.cnn, x, self.current_masks()) if not self.extracted else self.cnn(x)
+        params = getattr(self, "_eval_params", None)
+        if params is not None:  # masked parameters built once per evaluation epoch
+            logits = torch.func.functional_call(self.cnn, params, (x,), strict=False)
+        else:
+            logits = self.plan.forward(self.cnn, x, self.current_masks()) if not self.extracted else self.cnn(x)
         metric = getattr(self, f"{split}_acc")
-        metric(logits, y)
+        metric.update(logits, y)
         self.log(f"{split}/acc", metric, on_step=False, on_epoch=True, prog_bar=True)
         self.log(f"{split}/flops_ratio", self.flops_ratio(), on_step=False, on_epoch=True, sync_dist=False)
 
@@ -270,15 +298,37 @@ class JointPruneModule(L.LightningModule):
         statistics too (as the agent does); the live statistics come back afterwards."""
         self._saved_buffers = None
         masks = self.current_masks()
+        self._eval_params = self.masked_eval_parameters(masks)
         if masks is None or not self.reward_opts.bn_recalibration or self.trainer.sanity_checking:
             return
         batches = self.recalibration_batches()
         if batches:
             from .agent.reward import recalibrate_bn
-            with torch.inference_mode(False), torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad(), self.precision_context():
                 self._saved_buffers = recalibrate_bn(self.cnn, self.plan, masks, batches)
 
+    def masked_eval_parameters(self, masks):
+        """The masked parameters for a whole evaluation epoch (the weights do not change in it)."""
+        if masks is None:
+            return None
+        with torch.no_grad():
+            return {k: v.detach() for k, v in self.plan.masked_parameters(self.cnn, masks).items()}
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_params = self.masked_eval_parameters(self.current_masks())
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_params = None
+
+    def precision_context(self):
+        """The trainer's precision (e.g. bf16-mixed autocast) for work outside Lightning's steps:
+        reward scoring and BN recalibration."""
+        from contextlib import nullcontext
+        trainer = getattr(self, "_trainer", None)
+        return trainer.precision_plugin.forward_context() if trainer is not None else nullcontext()
+
     def on_validation_epoch_end(self) -> None:
+        self._eval_params = None
         if self._saved_buffers is not None:
             from .agent.reward import restore_buffers
             restore_buffers(self.cnn, self._saved_buffers)
@@ -346,6 +396,11 @@ class JointPruneModule(L.LightningModule):
             "agent_generator": self.agent_generator.get_state(),
             "last_epoch_done": self.last_epoch_done,
             "rng": self.pending_rng or get_rng_state(),
+            # the agent's work of an epoch ends before its checkpoint (callbacks/sync.py), its
+            # logging after; and pruned.json's extraction facts must survive a restart
+            "epoch_stats": getattr(self, "epoch_stats", {}),
+            "extracted_at": getattr(self, "extracted_at", None),
+            "dense_test_acc": getattr(self, "dense_test_acc", None),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -361,6 +416,8 @@ class JointPruneModule(L.LightningModule):
         self.agent_generator.set_state(state["agent_generator"])
         self.last_epoch_done = state["last_epoch_done"]
         self.pending_rng = state["rng"]
+        self.epoch_stats = dict(state.get("epoch_stats", {}))
+        self.extracted_at, self.dense_test_acc = state.get("extracted_at"), state.get("dense_test_acc")
         if state["extracted"] and not self.extracted:
             # The checkpoint holds the small network's weights: cut the dense CNN to the same
             # shape first, so that the state dict (and the optimizer state) fit.

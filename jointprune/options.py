@@ -94,6 +94,13 @@ class ExportOptions:
     onnx: bool = False
 
 
+@dataclass
+class ClusterOptions:
+    """Multi-process runs (DDP); see jointprune/callbacks/sync.py."""
+    sync_timeout_s: float = 1800.0     # the agent's collectives fail with a sentence after this [ours]
+    sigterm_grace_s: float = 60.0      # after SIGTERM, a run that has not stopped is ended [ours]
+
+
 def resolve_epoch(name: str, value, max_epochs: int) -> int:
     """An epoch index from an int, or from a fraction of max_epochs."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -7,8 +7,8 @@ network's statistics are restored afterwards.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterable
+from contextlib import contextmanager, nullcontext
+from typing import Callable, ContextManager, Iterable
 
 import torch
 import torch.nn as nn
@@ -17,16 +17,28 @@ from ..pruning.masks import MaskPlan, eval_mode
 
 
 class RewardScorer:
+    """`x` may be kept compact (uint8, 4x smaller than float32) with `normalize` turning each
+    batch into the network's input on the device; `precision` is a context-manager factory (the
+    trainer's autocast under bf16-mixed) that scoring and recalibration run under."""
+
     def __init__(self, plan: MaskPlan, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 512,
-                 all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 precision: Callable[[], ContextManager] | None = None):
         self.plan, self.x, self.y, self.batch_size = plan, x, y, batch_size
         self.all_reduce = all_reduce
+        self.normalize = normalize or (lambda xb: xb)
+        self.precision = precision or nullcontext
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, masks: list[torch.Tensor] | None,
                  recalibrate: Iterable[torch.Tensor] | None = None, batch_stats: bool = False) -> float:
         """`recalibrate`: batches to re-estimate BN statistics on first; `batch_stats`: score with
         each reward batch's own BN statistics instead (one pass). Live statistics are restored."""
+        with self.precision():
+            return self._score(model, masks, recalibrate, batch_stats)
+
+    def _score(self, model, masks, recalibrate, batch_stats) -> float:
         saved = recalibrate_bn(model, self.plan, masks, recalibrate) if recalibrate is not None else None
         if batch_stats and saved is None:
             saved = {k: v.clone() for k, v in model.named_buffers()}
@@ -35,7 +47,7 @@ class RewardScorer:
                 params = self.plan.masked_parameters(model, masks) if masks is not None else None
                 correct = torch.zeros(2, device=self.x.device)
                 for i in range(0, len(self.x), self.batch_size):
-                    xb = self.x[i:i + self.batch_size]
+                    xb = self.normalize(self.x[i:i + self.batch_size])
                     if params is None:
                         logits = model(xb)
                     else:

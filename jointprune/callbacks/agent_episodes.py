@@ -12,7 +12,7 @@ import torch
 from ..agent.reward import RewardScorer
 from ..errors import JointPruneError
 from ..pruning import group_importance, top_k_masks
-from .sync import all_reduce_sum, broadcast_object, shard
+from .sync import all_reduce_sum, broadcast_object, is_agent_point, rank_and_world, shard
 
 
 class AgentEpisodes(L.Callback):
@@ -24,13 +24,20 @@ class AgentEpisodes(L.Callback):
         if dm is None or not hasattr(dm, "reward_tensors"):
             raise JointPruneError("data must be a jointprune DataModule (or provide reward_tensors()) so the "
                                   "agent can score sub-networks on a held-out reward split.")
-        x, y = dm.reward_tensors()
-        if pm.reward_opts.max_samples is not None:
-            x, y = x[:pm.reward_opts.max_samples], y[:pm.reward_opts.max_samples]
-        self.scorer = RewardScorer(pm.plan, shard(x).to(pm.device), shard(y).to(pm.device),
-                                   batch_size=pm.reward_opts.batch_size, all_reduce=all_reduce_sum)
+        if hasattr(dm, "reward_split"):  # this rank's shard, compact (uint8), normalised per batch
+            x, y, normalize = dm.reward_split(*rank_and_world(), limit=pm.reward_opts.max_samples)
+        else:
+            x, y = dm.reward_tensors()
+            x, y, normalize = shard(x[:pm.reward_opts.max_samples]), shard(y[:pm.reward_opts.max_samples]), None
+        self.scorer = RewardScorer(pm.plan, x.to(pm.device), y.to(pm.device), normalize=normalize,
+                                   batch_size=pm.reward_opts.batch_size, all_reduce=all_reduce_sum,
+                                   precision=pm.precision_context)
 
-    def on_train_epoch_end(self, trainer, pm) -> None:
+    def on_train_batch_end(self, trainer, pm, outputs, batch, batch_idx) -> None:
+        if is_agent_point(trainer, batch_idx):  # why there, not at the epoch end: callbacks/sync.py
+            self.run_epoch(trainer, pm)
+
+    def run_epoch(self, trainer, pm) -> None:
         epoch = trainer.current_epoch
         if not pm.agent_active(epoch):
             return

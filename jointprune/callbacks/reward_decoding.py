@@ -10,11 +10,15 @@ import lightning as L
 import torch
 
 from ..agent import fit_decoder
-from .sync import broadcast_modules
+from .sync import broadcast_modules, is_agent_point
 
 
 class RewardDecoding(L.Callback):
-    def on_train_epoch_end(self, trainer, pm) -> None:
+    def on_train_batch_end(self, trainer, pm, outputs, batch, batch_idx) -> None:
+        if is_agent_point(trainer, batch_idx):  # right after AgentEpisodes (callbacks/sync.py)
+            self.run_epoch(trainer, pm)
+
+    def run_epoch(self, trainer, pm) -> None:
         epoch = trainer.current_epoch
         if not pm.agent_active(epoch) or len(pm.replay) == 0:
             return

@@ -25,7 +25,6 @@ def extract_in_place(pm, optimizer) -> None:
 
 class SubnetExtraction(L.Callback):
     def __init__(self):
-        self.dense_test_acc = None
         self.dense_arch = None
 
     def on_fit_start(self, trainer, pm) -> None:
@@ -41,7 +40,8 @@ class SubnetExtraction(L.Callback):
             self._extract(trainer, pm, epoch)
 
     def _extract(self, trainer, pm, epoch: int) -> None:
-        self.dense_test_acc = evaluate(pm.cnn, trainer.datamodule.test_dataloader(), pm.device, masks=None)
+        if trainer.is_global_zero:  # only rank 0 writes the report; kept in checkpoints (module.py)
+            pm.dense_test_acc = evaluate(pm.cnn, trainer.datamodule.test_dataloader(), pm.device, masks=None)
         extract_in_place(pm, pm.optimizers()[0].optimizer)
         _rewrap_ddp(trainer, pm)
         pm.extracted_at = epoch
@@ -61,7 +61,7 @@ class SubnetExtraction(L.Callback):
         if not trainer.is_global_zero:
             return
         dirpath = export_dir(trainer, pm)
-        report = final_report(trainer, pm, self.dense_arch, self.dense_test_acc)
+        report = final_report(trainer, pm, self.dense_arch, getattr(pm, "dense_test_acc", None))
         from ..pruning import save_pruned
         example = torch.zeros(1, *pm.input_shape, device=pm.device)
         save_pruned(pm.cnn, dirpath, report, example, onnx=pm.export_opts.onnx)

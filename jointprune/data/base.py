@@ -17,7 +17,7 @@ from numbers import Integral, Real
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 SPLITS = ("train", "reward", "val", "test")
 
@@ -151,6 +151,28 @@ class BaseDataModule(L.LightningDataModule):
             xs, ys = zip(*self.reward_dataloader())
             self._reward_cache = (torch.cat(xs), torch.cat(ys))
         return self._reward_cache
+
+    def reward_split(self, rank: int = 0, world_size: int = 1, limit: int | None = None):
+        """This rank's share of the reward split as (x, y, normalize), sharded *before* decoding.
+
+        x is the dataset's compact form where it has one (uint8 for in-memory data) and
+        ``normalize`` maps one batch of it to the network's input on whatever device it sits, so
+        every rank holds only 1/world_size of the split, at 1 byte per pixel. ``limit`` keeps the
+        first ``limit`` reward images (``model.reward.max_samples``) before sharding.
+        """
+        self._require_setup()
+        n = len(self.splits["reward"]) if limit is None else min(limit, len(self.splits["reward"]))
+        x, y, normalize = self._reward_compact(list(range(rank, n, world_size)))
+        return x, y, normalize
+
+    def _reward_compact(self, positions: list[int]):
+        """(x, y, normalize) for these positions in the reward split. Default: decode them with
+        the reward loader's own transform (float, normalised); subclasses keep uint8."""
+        loader = self._dataloader("reward")
+        part = DataLoader(Subset(loader.dataset, positions), batch_size=loader.batch_size,
+                          collate_fn=loader.collate_fn, num_workers=loader.num_workers)
+        xs, ys = zip(*part) if positions else ((torch.empty(0),), (torch.empty(0, dtype=torch.long),))
+        return torch.cat(xs), torch.cat(ys), None
 
     def split_sizes(self) -> dict[str, int]:
         """Image count per split; val is 0 when ``val_dataloader`` serves the test set."""

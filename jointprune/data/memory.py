@@ -101,6 +101,12 @@ class InMemoryDataModule(BaseDataModule):
             return self.trainer.strategy.root_device
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
+    def _reward_compact(self, positions: list[int]):
+        """The reward images stay uint8 (eval transform = normalise only); normalised per batch."""
+        x, y = self._data["reward"]
+        i = torch.as_tensor(positions, dtype=torch.long, device=x.device)
+        return x[i], y[i], self._normalize
+
     def _dataloader(self, split: str) -> DataLoader:
         x, y = self._data[split]
         train = split == "train"

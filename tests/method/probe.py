@@ -41,3 +41,26 @@ class KillAt(L.Callback):
     def on_train_epoch_start(self, trainer, pm) -> None:
         if trainer.current_epoch == self.epoch:
             os.kill(os.getpid(), 9)
+
+
+class StallAt(L.Callback):
+    """Makes one rank stall (sleep) at the start of `epoch` or at the end of its last training
+    batch (`where`), after touching `flag` so a test knows the stall has begun."""
+
+    def __init__(self, epoch: int, rank: int, seconds: float, where: str = "epoch_start", flag: str = ""):
+        self.epoch, self.rank, self.seconds, self.where, self.flag = epoch, rank, seconds, where, flag
+
+    def _stall(self, trainer) -> None:
+        if trainer.current_epoch == self.epoch and trainer.global_rank == self.rank:
+            if self.flag:
+                Path(self.flag).write_text("stalled")
+            import time
+            time.sleep(self.seconds)
+
+    def on_train_epoch_start(self, trainer, pm) -> None:
+        if self.where == "epoch_start":
+            self._stall(trainer)
+
+    def on_train_batch_end(self, trainer, pm, outputs, batch, batch_idx) -> None:
+        if self.where == "agent_point" and batch_idx + 1 == trainer.num_training_batches:
+            self._stall(trainer)

@@ -250,6 +250,7 @@ class JointPruneModule(L.LightningModule):
             scheduler.step()
         stats = self.epoch_stats
         if not stats:
+            self.log_frozen_summary()
             return
         # the agent runs inside the last batch's end hook (callbacks.sync), so take its time out
         started = getattr(self, "epoch_started", None) or getattr(self, "last_batch_end", 0.0)
@@ -268,6 +269,16 @@ class JointPruneModule(L.LightningModule):
             keep = {f"prune_keep/{g.name}": k / g.size for g, k in zip(self.structure.groups, self.incumbent_kept)}
             self.log_dict(keep, sync_dist=False)
         self.print_summary(stats)
+
+    def log_frozen_summary(self) -> None:
+        """Epochs without agent work log the last summary (agent time 0), so every epoch has prune/*."""
+        if not self.history:
+            return
+        last = {**self.history[-1], "agent_seconds": 0.0, "agent_time_fraction": 0.0}
+        self.log_dict({f"prune/{k}": float(v) for k, v in last.items() if k != "epoch"}, sync_dist=False)
+        if self.incumbent_kept is not None:
+            keep = {f"prune_keep/{g.name}": k / g.size for g, k in zip(self.structure.groups, self.incumbent_kept)}
+            self.log_dict(keep, sync_dist=False)
 
     def print_summary(self, s: dict) -> None:
         line = (f"[jointprune] epoch {s['epoch']}: reward mean {s['reward_mean']:.4f} best {s['reward_best']:.4f} | "
@@ -401,12 +412,25 @@ class JointPruneModule(L.LightningModule):
             "epoch_stats": getattr(self, "epoch_stats", {}),
             "extracted_at": getattr(self, "extracted_at", None),
             "dense_test_acc": getattr(self, "dense_test_acc", None),
+            "run_stamp": getattr(self, "run_stamp", None),
+            "settings": self.resume_settings(),
         }
+
+    def resume_settings(self) -> dict:
+        """What a resumed run must share with the run that wrote the checkpoint (runs.py)."""
+        return {"model.flops_budget": self.flops_budget, "model.schedule": asdict(self.schedule),
+                "schedule epochs (with trainer.max_epochs)": dict(self.epochs),
+                "model.pruning": asdict(self.pruning), "model.cnn": type(self.cnn).__name__,
+                "model.cnn parameters": self.dense_params, "model.cnn FLOPs": int(self.flops.dense),
+                "model.input_shape": list(self.input_shape), "num_classes": self.num_classes}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("jointprune")
         if state is None:
             return
+        from .runs import check_resume_settings
+        check_resume_settings(state.get("settings", {}), self.resume_settings())
+        self.run_stamp = state.get("run_stamp")
         self.incumbent_kept = state["incumbent_kept"]
         self.incumbent_reward = state["incumbent_reward"]
         self.incumbent_masks = state["incumbent_masks"]

@@ -28,6 +28,12 @@ class SubnetExtraction(L.Callback):
         self.dense_arch = None
 
     def on_fit_start(self, trainer, pm) -> None:
+        from ..runs import claim_export, new_run_stamp, record_run
+        if getattr(pm, "run_stamp", None) is None:  # a resumed run keeps its stamp (checkpoint)
+            pm.run_stamp = new_run_stamp()
+        if trainer.is_global_zero:  # before any training: the export folder is this run's alone
+            claim_export(export_dir(trainer, pm), pm.run_stamp)
+            record_run(trainer)
         if not pm.extracted:  # an untrained copy of the dense architecture, to time it at the end
             self.dense_arch = copy.deepcopy(pm.cnn).cpu()
 
@@ -69,15 +75,18 @@ class SubnetExtraction(L.Callback):
         log_width_plot(trainer, dirpath / "widths.png")
         pm.export_dir = dirpath
         print_final_table(report, dirpath)
+        from ..runs import log_run_summary
+        log_run_summary(trainer, report)
 
 
 def export_dir(trainer, pm) -> Path:
     """`export.dirpath` may name {flops_budget}, {seed} (seed_everything) and {version} (the
-    logger's run id), so that the runs of a sweep into one directory never overwrite each other."""
+    logger's run id, else this run's unique stamp), so that the runs of a sweep into one directory
+    never overwrite each other; runs.claim_export refuses a folder another run writes."""
     template = pm.export_opts.dirpath or str(Path(trainer.default_root_dir) / "pruned")
     version = trainer.logger.version if trainer.logger is not None else None
     fields = {"flops_budget": pm.flops_budget, "seed": os.environ.get("PL_GLOBAL_SEED", "none"),
-              "version": version if version is not None else "none"}
+              "version": version if version is not None else getattr(pm, "run_stamp", "none")}
     try:
         return Path(template.format(**fields))
     except (KeyError, IndexError, ValueError) as err:

@@ -33,3 +33,54 @@ def test_killed_run_resumes_exactly(tmp_path):
     b = json.loads((tmp_path / "killed" / "probe" / "rank0.json").read_text())
     for key in ("incumbent_kept", "incumbent_masks", "replay_size", "history", "sac", "env_repr", "decoder", "cnn"):
         assert a[key] == b[key], key
+
+
+# ---------------------------------------------------------------- past extraction, and refusals
+import pytest  # noqa: E402
+
+PAST = ["--trainer.max_epochs", "5"]  # extraction at epoch 3; killed at the start of epoch 4
+
+
+@pytest.fixture(scope="module")
+def killed_past_extraction(tmp_path_factory):
+    root = tmp_path_factory.mktemp("past")
+    out = fit(root, *PAST, "--trainer.callbacks+=probe.KillAt", "--trainer.callbacks.epoch", "4")
+    assert out.returncode == -9, out.stderr[-3000:]
+    return root
+
+
+def test_resume_refuses_a_changed_budget(killed_past_extraction):
+    out = fit(killed_past_extraction, *PAST, "--ckpt_path", "last", "--model.flops_budget", "0.3")
+    assert out.returncode == 2
+    assert "model.flops_budget=0.5" in out.stderr and "0.3" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_resume_from_an_explicit_path_refuses_a_changed_schedule(killed_past_extraction):
+    ckpt = next(killed_past_extraction.rglob("last.ckpt"))
+    out = fit(killed_past_extraction, *PAST, "--ckpt_path", ckpt, "--model.schedule.agent_until", "2")
+    assert out.returncode == 2
+    assert "model.schedule" in out.stderr and "agent_until" in out.stderr
+
+
+def test_resume_refuses_a_changed_epoch_count(killed_past_extraction):
+    out = fit(killed_past_extraction, "--trainer.max_epochs", "6", "--ckpt_path", "last")
+    assert out.returncode == 2 and "max_epochs" in out.stderr
+
+
+def test_resume_without_a_checkpoint_stops_unless_asked_to_start_afresh(tmp_path):
+    out = fit(tmp_path, "--ckpt_path", "last")
+    assert out.returncode == 2 and "found no checkpoint" in out.stderr and "--allow_fresh_start" in out.stderr
+    assert not (tmp_path / "pruned").exists()
+
+
+def test_a_second_run_never_writes_another_runs_export(killed_past_extraction):
+    out = fit(killed_past_extraction, *PAST)  # a new run (no --ckpt_path) into the same folder
+    assert out.returncode == 2 and "belongs to another run" in out.stderr
+
+
+def test_resume_past_extraction_keeps_the_extraction_facts(killed_past_extraction):
+    out = fit(killed_past_extraction, *PAST, "--ckpt_path", "last")
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((killed_past_extraction / "pruned" / "pruned.json").read_text())
+    assert report["extracted_at_epoch"] == 3
+    assert report["dense_test_acc_at_extraction"] is not None and 0 <= report["dense_test_acc_at_extraction"] <= 1

@@ -27,8 +27,8 @@ def sweep_commands(sweep: dict, points: list[dict], before_args: list[str]) -> l
 def test_sweep_runs_offline_into_one_save_dir(tmp_path):
     sweep = yaml.safe_load((ROOT / "experiments" / "sweep_budget.yaml").read_text())
     assert sweep["parameters"]["model.flops_budget"]["values"] == [0.3, 0.5, 0.7]
-    assert "seed_everything" in sweep["parameters"]
-    points = [{"model.flops_budget": 0.3, "seed_everything": 0}, {"model.flops_budget": 0.7, "seed_everything": 1}]
+    assert "seed" in sweep["parameters"]  # --seed: seed_everything, model.seed and data seed at once
+    points = [{"model.flops_budget": 0.3, "seed": 0}, {"model.flops_budget": 0.7, "seed": 1}]
     # the tiny task and one shared save_dir keep the test fast and exercise collisions
     shrink = ["--config", str(HERE / "tiny.yaml"),
               "--trainer.logger.class_path", "lightning.pytorch.loggers.WandbLogger",
@@ -42,11 +42,17 @@ def test_sweep_runs_offline_into_one_save_dir(tmp_path):
     assert len(exports) == 2 and exports[0].startswith("budget0.3_seed0_") and exports[1].startswith("budget0.7_seed1_")
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 2
+    for export in (tmp_path / "pruned").iterdir():  # the seed reached the agent and the data split
+        config = next(p for p in runs if p.name.endswith(export.name.rsplit("_", 1)[1]))
+        seed = int(export.name.split("_seed")[1].split("_")[0])
+        logged = yaml.safe_load(next(config.rglob("config.yaml")).read_text())
+        assert logged["seed"]["value"] == seed  # model.seed (the agent's) followed --seed
     # each run logged the width chart and the per-epoch pruning summary
     assert all(list(r.rglob("pruned_widths*.png")) for r in runs)
     for run in runs:  # the offline record holds the per-epoch metrics by name
         record = next(run.glob("run-*.wandb")).read_bytes()
         assert b"prune/reward_mean" in record and b"prune/agent_time_fraction" in record and b"prune_keep/" in record
+        assert b"final/test_acc" in record and b"final/latency_ms_batch64_cpu" in record  # the run summary
 
 
 def test_slurm_example_matches_its_config():

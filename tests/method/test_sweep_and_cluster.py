@@ -42,17 +42,25 @@ def test_sweep_runs_offline_into_one_save_dir(tmp_path):
     assert len(exports) == 2 and exports[0].startswith("budget0.3_seed0_") and exports[1].startswith("budget0.7_seed1_")
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 2
-    for export in (tmp_path / "pruned").iterdir():  # the seed reached the agent and the data split
-        config = next(p for p in runs if p.name.endswith(export.name.rsplit("_", 1)[1]))
-        seed = int(export.name.split("_seed")[1].split("_")[0])
-        logged = yaml.safe_load(next(config.rglob("config.yaml")).read_text())
-        assert logged["seed"]["value"] == seed  # model.seed (the agent's) followed --seed
     # each run logged the width chart and the per-epoch pruning summary
     assert all(list(r.rglob("pruned_widths*.png")) for r in runs)
     for run in runs:  # the offline record holds the per-epoch metrics by name
         record = next(run.glob("run-*.wandb")).read_bytes()
         assert b"prune/reward_mean" in record and b"prune/agent_time_fraction" in record and b"prune_keep/" in record
         assert b"final/test_acc" in record and b"final/latency_ms_batch64_cpu" in record  # the run summary
+
+
+def test_one_seed_sets_the_agent_the_data_split_and_seed_everything(monkeypatch):
+    """The sweep's `--seed` reaches model.seed (agent) and data.init_args.seed (reward split)."""
+    import os
+    sys.path.insert(0, str(ROOT))
+    from jointprune.cli import JointPruneCLI
+    from jointprune.module import JointPruneModule
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    cli = JointPruneCLI(JointPruneModule, subclass_mode_data=True, parser_kwargs={"parser_mode": "omegaconf"},
+                        run=False, args=["--config", str(HERE / "tiny.yaml"), "--seed", "4",
+                                         "--trainer.logger", "false"])
+    assert cli.model.seed == 4 and cli.datamodule.seed == 4 and os.environ["PL_GLOBAL_SEED"] == "4"
 
 
 def test_slurm_example_matches_its_config():

@@ -92,6 +92,7 @@ class RewardOptions:
 class ExportOptions:
     dirpath: Optional[str] = None      # default: <trainer.default_root_dir>/pruned
     onnx: bool = False
+    latency_runs: int = 3              # timed forward passes per network for the report, interleaved [ours]
 
 
 @dataclass

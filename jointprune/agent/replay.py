@@ -85,7 +85,9 @@ class ReplayBuffer:
         return self.gather(idx)
 
     def state_dict(self) -> dict:
-        d = {k: getattr(self, k).clone() for k in _FIELDS}
+        # only the filled rows (the ring fills [0, size) before it wraps): a 100k-capacity buffer
+        # would otherwise put ~11 MB into every checkpoint of a quickstart run
+        d = {k: getattr(self, k)[:self.size].clone() for k in _FIELDS}
         d.update(pos=self.pos, size=self.size, capacity=self.capacity,
                  state_dim=self.state_dim, action_dim=self.action_dim)
         return d
@@ -95,5 +97,5 @@ class ReplayBuffer:
             if int(d[key]) != getattr(self, key):
                 raise ValueError(f"ReplayBuffer {key} mismatch: checkpoint has {d[key]}, buffer has {getattr(self, key)}.")
         for k in _FIELDS:
-            getattr(self, k).copy_(d[k])
+            getattr(self, k)[:len(d[k])].copy_(d[k])
         self.pos, self.size = int(d["pos"]), int(d["size"])

@@ -27,18 +27,21 @@ def evaluate(model: nn.Module, loader, device, masks=None, plan=None) -> float:
 
 
 @torch.no_grad()
-def cpu_latency_ms(model: nn.Module, input_shape, batch: int = 64, runs: int = 5) -> float:
-    """Median CPU latency of one eval forward pass over `batch` inputs."""
+def cpu_latencies_ms(models: dict, input_shape, batch: int = 64, runs: int = 3) -> dict:
+    """Median CPU latency per model, the runs interleaved (a, b, a, b, ...) after one warm-up
+    each, so drift on a busy machine hits every model alike with fewer runs in all."""
     import copy
-    model = copy.deepcopy(model).cpu().eval()
+    live = {k: copy.deepcopy(m).cpu().eval() for k, m in models.items() if m is not None}
     x = torch.randn(batch, *input_shape)
-    model(x)  # warm-up
-    times = []
+    times = {k: [] for k in live}
+    for m in live.values():
+        m(x)  # warm-up
     for _ in range(runs):
-        start = time.perf_counter()
-        model(x)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+        for k, m in live.items():
+            start = time.perf_counter()
+            m(x)
+            times[k].append((time.perf_counter() - start) * 1000)
+    return {k: (statistics.median(times[k]) if k in times else None) for k in models}
 
 
 def final_report(trainer, pm, dense_arch: nn.Module | None, dense_test_acc: float | None) -> dict:
@@ -49,8 +52,9 @@ def final_report(trainer, pm, dense_arch: nn.Module | None, dense_test_acc: floa
     if pruned_flops > limit:  # the hard guarantee, checked with the independent counter
         raise AssertionError(f"extracted network has {pruned_flops} FLOPs > budget {limit:.0f}")
     dm = trainer.datamodule
-    val_acc = evaluate(pm.cnn, dm.val_dataloader(), pm.device)
     test_acc = evaluate(pm.cnn, dm.test_dataloader(), pm.device)
+    val_is_test = getattr(dm, "splits", None) is not None and len(dm.splits.get("val", ())) == 0
+    val_acc = test_acc if val_is_test else evaluate(pm.cnn, dm.val_dataloader(), pm.device)  # one pass when same set
     kept = [int(m.sum()) for m in pm.incumbent_masks]
     return {
         "dense_flops": int(pm.flops.dense),
@@ -67,10 +71,8 @@ def final_report(trainer, pm, dense_arch: nn.Module | None, dense_test_acc: floa
         "epochs": int(trainer.current_epoch),
         "input_shape": list(pm.input_shape),
         "num_classes": pm.num_classes,
-        "latency_ms_batch64_cpu": {
-            "dense": cpu_latency_ms(dense_arch, pm.input_shape) if dense_arch is not None else None,
-            "pruned": cpu_latency_ms(pm.cnn, pm.input_shape),
-        },
+        "latency_ms_batch64_cpu": cpu_latencies_ms({"dense": dense_arch, "pruned": pm.cnn}, pm.input_shape,
+                                                   runs=pm.export_opts.latency_runs),
         "history": pm.history,
     }
 
@@ -94,26 +96,9 @@ def print_final_table(report: dict, dirpath: Path) -> None:
 
 
 def save_width_plot(report: dict, path: Path) -> None:
-    """Bar chart of dense vs kept channels per group, next to pruned.json."""
-    import io
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    groups = report["groups"]
-    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(groups)), 3.5))
-    idx = range(len(groups))
-    ax.bar(idx, [g["dense"] for g in groups], color="#cccccc", label="dense")
-    ax.bar(idx, [g["kept"] for g in groups], color="#1f77b4", label="kept")
-    ax.set_xlabel("prunable group (input to output)")
-    ax.set_ylabel("channels")
-    ax.set_title(f"widths at {report['flops_ratio']:.2f} of dense FLOPs (budget {report['flops_budget']})")
-    ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    """Bar chart of dense vs kept channels per group, next to pruned.json (Pillow: width_chart.py)."""
+    from .width_chart import save_width_chart
+    save_width_chart(report, path)
 
 
 def log_width_plot(trainer, path: Path) -> None:

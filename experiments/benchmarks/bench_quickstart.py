@@ -4,7 +4,9 @@ For each seed it runs `experiments/quickstart.yaml` (train from scratch + prune 
 one run) and a dense CifarResNet-20 with the same data, optimiser, schedule and epochs, and
 prints one markdown table: test accuracy, FLOPs ratio, whether the decoder's reconstruction
 error fell and the agent's mean reward rose over the joint phase, the agent's share of the
-epoch time, and the total wall time of the jointprune run against dense training.
+epoch time, and the total wall time of the jointprune run against dense training; then where the
+jointprune run's wall time goes (dense epochs before the cut, agent, pruned epochs, validation, end of
+fit) next to the dense reference's epochs. Pairs run one after the other per seed (A, B, A, B).
 
     python experiments/benchmarks/bench_quickstart.py [--seeds 0 1 2] [--quick]
 """
@@ -57,15 +59,46 @@ def test_accuracy(cnn, dm) -> float:
     return correct / total
 
 
+class PhaseTimer(L.Callback):
+    """Where a run's wall time goes: training epochs (agent work excluded), validation, and the
+    end of fit (final report, latency timing, export) after the last epoch."""
+
+    def __init__(self):
+        self.epoch = {}
+        self.val = 0.0
+        self.train_end = None
+
+    def on_train_epoch_start(self, trainer, pm):
+        self._epoch_start = time.perf_counter()
+        self._val_in_epoch = 0.0
+
+    def on_validation_epoch_start(self, trainer, pm):
+        self._val_start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, pm):
+        spent = time.perf_counter() - self._val_start
+        self.val += spent
+        self._val_in_epoch = getattr(self, "_val_in_epoch", 0.0) + spent
+
+    def on_train_epoch_end(self, trainer, pm):
+        self.epoch[trainer.current_epoch] = time.perf_counter() - self._epoch_start - self._val_in_epoch
+
+    def on_train_end(self, trainer, pm):
+        self.train_end = time.perf_counter()
+
+
 def run_pair(seed: int, overrides: list[str], work: Path) -> dict:
     args = ["--config", str(ROOT / "experiments" / "quickstart.yaml"), "--seed_everything", str(seed),
             "--trainer.default_root_dir", str(work / f"jp{seed}"), "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", *overrides]
     cli = JointPruneCLI(JointPruneModule, subclass_mode_data=True, parser_kwargs={"parser_mode": "omegaconf"},
                         run=False, args=args, save_config_kwargs={"overwrite": True})
+    timer = PhaseTimer()
+    cli.trainer.callbacks.insert(0, timer)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
     jp_seconds = time.perf_counter() - start
+    end_of_fit = time.perf_counter() - timer.train_end
     report = json.loads((work / f"jp{seed}" / "pruned" / "pruned.json").read_text())
     history = report["history"]
 
@@ -78,9 +111,23 @@ def run_pair(seed: int, overrides: list[str], work: Path) -> dict:
     dense = DenseModule(dense_cnn, cli.model.optim, cli.trainer.max_epochs)
     trainer = L.Trainer(max_epochs=cli.trainer.max_epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    dense_timer = PhaseTimer()
+    trainer.callbacks.insert(0, dense_timer)
     start = time.perf_counter()
     trainer.fit(dense, cli.datamodule)
     dense_seconds = time.perf_counter() - start
+    extract = cli.model.epochs["extract_at"]
+    agent = sum(h["agent_seconds"] for h in history)
+    phases = {  # seconds
+        "dense epochs before the cut": sum(v for e, v in timer.epoch.items() if e < extract) - agent,
+        "agent (episodes, decoder, SAC)": agent,
+        "pruned epochs after the cut": sum(v for e, v in timer.epoch.items() if e >= extract),
+        "validation (all epochs)": timer.val,
+        "end of fit (report, latency, export)": end_of_fit,
+        "other (setup, checkpoints, hooks)": jp_seconds - sum(timer.epoch.values()) - timer.val - end_of_fit,
+        "dense reference: epochs before the cut": sum(v for e, v in dense_timer.epoch.items() if e < extract),
+        "dense reference: epochs after the cut": sum(v for e, v in dense_timer.epoch.items() if e >= extract),
+    }
     return {
         "seed": seed,
         "jp_test_acc": report["test_acc"], "dense_test_acc": test_accuracy(dense_cnn, cli.datamodule),
@@ -93,6 +140,7 @@ def run_pair(seed: int, overrides: list[str], work: Path) -> dict:
         # within each agent epoch, the decoder's MSE over its first and last tenth of steps
         "decoder_fit_per_epoch": [(h["decoder_loss_first"], h["decoder_loss"]) for h in history],
         "reward_mean_per_epoch": [h["reward_mean"] for h in history],
+        "phases": phases,
     }
 
 
@@ -126,6 +174,11 @@ def main() -> None:
               f"| {r['decoder_loss_first_epoch']:.4g}→{r['decoder_loss_last_epoch']:.4g} "
               f"| {r['reward_mean_first_learned']:.3f}→{r['reward_mean_last']:.3f} | {r['agent_time_fraction']:.2f} "
               f"| {r['jp_seconds']:.0f} | {r['dense_seconds']:.0f} | {r['jp_seconds'] / r['dense_seconds']:.2f}x |")
+    print("\n| where the time goes (median s) | " + " | ".join(f"seed {r['seed']}" for r in rows) + " | median |")
+    print("|---|" + "---|" * (len(rows) + 1))
+    for phase in rows[0]["phases"]:
+        values = [r["phases"][phase] for r in rows]
+        print(f"| {phase} | " + " | ".join(f"{v:.1f}" for v in values) + f" | {statistics.median(values):.1f} |")
     med = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731
     print(f"| median | {med('jp_test_acc'):.4f} | {med('dense_test_acc'):.4f} | {med('flops_ratio'):.3f} | | | "
           f"{med('agent_time_fraction'):.2f} | {med('jp_seconds'):.0f} | {med('dense_seconds'):.0f} | "

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from .augment import Normalize
 from .base import BaseDataModule, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -111,6 +112,9 @@ class ImageNetDataModule(BaseDataModule):
         norm = [T.ToTensor(), T.Normalize(mean, std)]
         self.train_transform = T.Compose([T.RandomResizedCrop(crop_size), T.RandomHorizontalFlip(), *norm])
         self.eval_transform = T.Compose([T.Resize(resize_size), T.CenterCrop(crop_size), *norm])
+        # the reward split stays uint8 (4x smaller than float32), normalised per batch on the device
+        self.reward_transform = T.Compose([T.Resize(resize_size), T.CenterCrop(crop_size), T.PILToTensor()])
+        self.reward_normalize = Normalize(mean, std)
         self._samples: dict[str, list[tuple[str, int]]] | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -121,6 +125,13 @@ class ImageNetDataModule(BaseDataModule):
         self._make_splits(len(train))
         self._samples = {s: [train[i] for i in idx.tolist()] for s, idx in self.splits.items()}
         self._samples["test"] = test
+
+    def _reward_compact(self, positions: list[int]):
+        """Only this rank's reward images are decoded, to uint8 (see BaseDataModule.reward_split)."""
+        data = ImageList([self._samples["reward"][i] for i in positions], self.reward_transform)
+        loader = DataLoader(data, batch_size=self.eval_batch_size, num_workers=self.num_workers)
+        xs, ys = zip(*loader) if positions else ((torch.empty(0, dtype=torch.uint8),), (torch.empty(0, dtype=torch.long),))
+        return torch.cat(xs), torch.cat(ys), self.reward_normalize
 
     def _dataloader(self, split: str) -> DataLoader:
         train = split == "train"

@@ -93,3 +93,13 @@ def test_device_resident_on_cpu_means_no_workers():
     assert loader.num_workers == 0
     x, _ = next(iter(loader))
     assert x.device.type == "cpu"
+
+
+def test_reward_split_is_uint8_sharded_and_limited():
+    from jointprune.data import DigitsDataModule
+    dm = DigitsDataModule(reward_size=64, seed=0)
+    dm.setup("fit")
+    whole, labels = dm.reward_tensors()
+    x, y, normalize = dm.reward_split(1, 2, limit=10)  # rank 1 of 2, first 10 reward images
+    assert x.dtype == torch.uint8 and len(x) == 5
+    assert torch.equal(y, labels[:10][1::2]) and torch.allclose(normalize(x), whole[:10][1::2])

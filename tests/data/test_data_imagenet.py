@@ -71,3 +71,17 @@ def test_unreadable_image_names_itself(tmp_path):
     dm.setup()
     with pytest.raises(DataError, match=r"img0.png is unreadable"):
         list(dm.test_dataloader())
+
+
+def test_reward_split_is_uint8_sharded_and_matches_the_float_path(tmp_path):
+    """Each rank decodes only its share, kept as uint8; normalised per batch it equals the
+    eval transform's float images."""
+    root = write_tree(tmp_path, {"train": 6, "val": 2})
+    dm = ImageNetDataModule(root, crop_size=16, reward_size=5, batch_size=4, seed=0)
+    dm.setup("fit")
+    whole, labels = dm.reward_tensors()
+    shards = [dm.reward_split(rank, 2) for rank in (0, 1)]
+    assert [len(s[0]) for s in shards] == [3, 2] and all(s[0].dtype == torch.uint8 for s in shards)
+    x0, y0, normalize = shards[0]
+    assert torch.equal(y0, labels[0::2])
+    assert torch.allclose(normalize(x0), whole[0::2], atol=1e-5)

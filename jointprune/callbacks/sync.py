@@ -122,7 +122,10 @@ class ClusterSafety(L.Callback):
 
     def setup(self, trainer, pm, stage: str) -> None:
         init_agent_group(self.sync_timeout_s)
-        if stage == "fit" and threading.current_thread() is threading.main_thread():
+
+    def on_train_start(self, trainer, pm) -> None:
+        # after Lightning registered its handlers (Trainer._run, after setup and on_fit_start)
+        if threading.current_thread() is threading.main_thread():
             install_sigterm_exit(trainer, self.sigterm_grace_s)
 
 

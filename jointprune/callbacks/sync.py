@@ -129,34 +129,40 @@ class ClusterSafety(L.Callback):
             install_sigterm_exit(trainer, self.sigterm_grace_s)
 
 
+_SIGTERM: dict = {"trainer": None, "grace_s": 60.0, "watching": False}
+
+
 def install_sigterm_exit(trainer, grace_s: float) -> None:
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
+    """One watcher thread per process (fit may run several times); it acts for the current trainer."""
+    _SIGTERM.update(trainer=trainer, grace_s=grace_s)
+    if not _SIGTERM["watching"]:
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        if signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False) != -1:
+            raise JointPruneError("another library owns the signal wake-up fd; SIGTERM could not be watched.")
+        threading.Thread(target=_watch, args=(read_fd,), name="jointprune-sigterm", daemon=True).start()
+        _SIGTERM["watching"] = True
+    signal.signal(signal.SIGTERM, lambda signum, frame: _stop())  # when the main thread is in Python
 
-    def handler(signum, frame):  # runs only when the main thread is back in Python
-        stop(from_handler=True)
 
-    def stop(from_handler: bool = False):
-        connector = trainer._signal_connector
-        if not connector.received_sigterm:
-            connector.received_sigterm = True  # Lightning stops at the next batch boundary
-            launcher = trainer.strategy.launcher
-            if launcher is not None and hasattr(launcher, "procs"):
-                launcher.kill(signal.SIGTERM)
-            timer = threading.Timer(grace_s, lambda: os._exit(143))
-            timer.daemon = True  # a run that stops in time exits without waiting for it
-            timer.start()
+def _watch(read_fd: int) -> None:
+    while True:  # the C-level handler writes the signal number here even while Python is blocked
+        select.select([read_fd], [], [])
+        if signal.SIGTERM in os.read(read_fd, 64):
+            _stop()
 
-    def watch():
-        while True:
-            ready, _, _ = select.select([read_fd], [], [])
-            data = os.read(read_fd, 64)
-            if signal.SIGTERM in data:
-                stop()
 
-    previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    if previous != -1:  # someone else (asyncio) owns the wake-up fd: keep theirs, handler only
-        signal.set_wakeup_fd(previous)
-    else:
-        threading.Thread(target=watch, name="jointprune-sigterm", daemon=True).start()
-    signal.signal(signal.SIGTERM, handler)
+def _stop() -> None:
+    trainer = _SIGTERM["trainer"]
+    if trainer is None:
+        return
+    connector = trainer._signal_connector
+    if connector.received_sigterm:
+        return
+    connector.received_sigterm = True  # Lightning stops at the next batch boundary
+    launcher = trainer.strategy.launcher
+    if launcher is not None and hasattr(launcher, "procs"):
+        launcher.kill(signal.SIGTERM)  # the other DDP ranks
+    timer = threading.Timer(_SIGTERM["grace_s"], lambda: os._exit(143))
+    timer.daemon = True  # a run that stops in time exits without waiting for it
+    timer.start()

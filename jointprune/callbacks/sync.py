@@ -138,9 +138,11 @@ def install_sigterm_exit(trainer, grace_s: float) -> None:
     if not _SIGTERM["watching"]:
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)
-        if signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False) != -1:
-            raise JointPruneError("another library owns the signal wake-up fd; SIGTERM could not be watched.")
-        threading.Thread(target=_watch, args=(read_fd,), name="jointprune-sigterm", daemon=True).start()
+        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        if previous != -1:  # an event loop (notebook) owns it: keep theirs; the Python handler remains
+            signal.set_wakeup_fd(previous)
+        else:
+            threading.Thread(target=_watch, args=(read_fd,), name="jointprune-sigterm", daemon=True).start()
         _SIGTERM["watching"] = True
     signal.signal(signal.SIGTERM, lambda signum, frame: _stop())  # when the main thread is in Python
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -128,6 +129,7 @@ def count(name: str, variant: str) -> tuple[OpCounter, OpCounter]:
         pm.last_epoch_done = 5  # the agent does not act in this short run
     counter = CountOneBatch(batch=2)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=3, limit_train_batches=4, limit_val_batches=1,
+                        default_root_dir=tempfile.mkdtemp(prefix="bench-step-ops-"),
                         num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
                         enable_checkpointing=False, enable_model_summary=False, callbacks=[counter])
 

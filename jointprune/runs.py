@@ -157,6 +157,15 @@ def claim_export(dirpath: Path, stamp: str) -> None:
         f.write(stamp)
 
 
+def release_export(dirpath: Path, stamp: str) -> None:
+    """A run that fails before exporting gives its folder back (and leaves nothing behind)."""
+    claim = dirpath / CLAIM
+    if claim.exists() and claim.read_text().strip() == stamp and not (dirpath / "pruned.json").exists():
+        claim.unlink()
+        if not any(dirpath.iterdir()):
+            dirpath.rmdir()
+
+
 # ----------------------------------------------------------------------------- summary
 def log_run_summary(trainer, report: dict) -> None:
     """The final figures in the run summary of every logger that has one (W&B)."""

@@ -37,6 +37,11 @@ class SubnetExtraction(L.Callback):
         if not pm.extracted:  # an untrained copy of the dense architecture, to time it at the end
             self.dense_arch = copy.deepcopy(pm.cnn).cpu()
 
+    def on_exception(self, trainer, pm, exception: BaseException) -> None:
+        if trainer.is_global_zero and getattr(pm, "run_stamp", None) is not None:
+            from ..runs import release_export
+            release_export(export_dir(trainer, pm), pm.run_stamp)
+
     def on_train_epoch_start(self, trainer, pm) -> None:
         epoch = trainer.current_epoch
         if epoch >= pm.epochs["agent_until"] and not pm.frozen:

@@ -55,16 +55,32 @@ def test_quickstart_as_shipped_runs_under_ddp_with_progress_bar_and_logger(tmp_p
 
 
 def test_a_stuck_rank_fails_the_run_with_a_sentence(tmp_path):
-    """Rank 1 stalls where the agent's collectives run; rank 0 gives up after sync_timeout_s."""
-    start = time.monotonic()
-    out = run_cli("fit", "--config", HERE / "tiny.yaml", *DDP, "--trainer.default_root_dir", tmp_path,
-                  "--model.cluster.sync_timeout_s", "5",
-                  "--trainer.callbacks+=probe.StallAt", "--trainer.callbacks.epoch", "1",
-                  "--trainer.callbacks.rank", "1", "--trainer.callbacks.seconds", "120",
-                  "--trainer.callbacks.where", "agent_point", timeout=240)
-    assert out.returncode != 0
-    assert "sync_timeout_s=5" in out.stderr and "jointprune: error:" in out.stderr, out.stderr[-3000:]
-    assert time.monotonic() - start < 110  # well before the stalled rank wakes up
+    """Rank 1 stalls (600 s) where the agent's collectives run; rank 0 gives up after
+    sync_timeout_s=5, says why, and ends rank 1 too."""
+    flag = tmp_path / "stalled"
+    proc = start_cli("fit", "--config", HERE / "tiny.yaml", *DDP, "--trainer.default_root_dir", tmp_path,
+                     "--model.cluster.sync_timeout_s", "5",
+                     "--trainer.callbacks+=probe.StallAt", "--trainer.callbacks.epoch", "1",
+                     "--trainer.callbacks.rank", "1", "--trainer.callbacks.seconds", "600",
+                     "--trainer.callbacks.where", "agent_point", "--trainer.callbacks.flag", flag)
+    try:
+        _wait_for(flag, proc)
+        stalled = time.monotonic()
+        _, stderr = proc.communicate(timeout=120)  # returns only once every rank has ended
+        assert time.monotonic() - stalled < 120  # long before the stalled rank would wake up
+        assert proc.returncode != 0
+        assert "sync_timeout_s=5" in stderr and "jointprune: error:" in stderr, stderr[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _wait_for(flag: Path, proc, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not flag.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the run never reached the stall"
+        time.sleep(0.5)
 
 
 def test_sigterm_ends_a_run_even_while_a_rank_is_blocked(tmp_path):
@@ -77,11 +93,7 @@ def test_sigterm_ends_a_run_even_while_a_rank_is_blocked(tmp_path):
                      "--trainer.callbacks.rank", "1", "--trainer.callbacks.seconds", "3600",
                      "--trainer.callbacks.flag", flag)
     try:
-        deadline = time.monotonic() + 240
-        while not flag.exists():
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "the run never reached epoch 1"
-            time.sleep(0.5)
+        _wait_for(flag, proc)
         time.sleep(2)  # rank 0 is now inside the all-reduce
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)

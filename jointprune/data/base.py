@@ -152,17 +152,19 @@ class BaseDataModule(L.LightningDataModule):
             self._reward_cache = (torch.cat(xs), torch.cat(ys))
         return self._reward_cache
 
-    def reward_split(self, rank: int = 0, world_size: int = 1, limit: int | None = None):
+    def reward_split(self, rank: int = 0, world_size: int = 1, limit: int | None = None, start: int = 0):
         """This rank's share of the reward split as (x, y, normalize), sharded *before* decoding.
 
         x is the dataset's compact form where it has one (uint8 for in-memory data) and
         ``normalize`` maps one batch of it to the network's input on whatever device it sits, so
         every rank holds only 1/world_size of the split, at 1 byte per pixel. ``limit`` keeps the
-        first ``limit`` reward images (``model.reward.max_samples``) before sharding.
+        first ``limit`` reward images (``model.reward.max_samples``) from position ``start`` on,
+        before sharding (``start`` carves a second, disjoint block, e.g. for confirmation).
         """
         self._require_setup()
-        n = len(self.splits["reward"]) if limit is None else min(limit, len(self.splits["reward"]))
-        x, y, normalize = self._reward_compact(list(range(rank, n, world_size)))
+        total = len(self.splits["reward"])
+        end = total if limit is None else min(start + limit, total)
+        x, y, normalize = self._reward_compact(list(range(start + rank, end, world_size)))
         return x, y, normalize
 
     def _reward_compact(self, positions: list[int]):

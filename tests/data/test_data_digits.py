@@ -103,3 +103,12 @@ def test_reward_split_is_uint8_sharded_and_limited():
     x, y, normalize = dm.reward_split(1, 2, limit=10)  # rank 1 of 2, first 10 reward images
     assert x.dtype == torch.uint8 and len(x) == 5
     assert torch.equal(y, labels[:10][1::2]) and torch.allclose(normalize(x), whole[:10][1::2])
+
+
+def test_reward_split_blocks_are_disjoint():
+    from jointprune.data import DigitsDataModule
+    dm = DigitsDataModule(reward_size=64, seed=0)
+    dm.setup("fit")
+    _, labels = dm.reward_tensors()
+    _, y, _ = dm.reward_split(0, 2, start=10, limit=6)  # positions 10, 12, 14
+    assert torch.equal(y, labels[10:16][0::2])

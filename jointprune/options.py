@@ -105,3 +105,16 @@ def resolve_epoch(name: str, value, max_epochs: int) -> int:
     if not 0 <= value <= max_epochs:
         raise JointPruneError(f"{name}={value} is beyond max_epochs={max_epochs}; use an epoch in [0, {max_epochs}].")
     return value
+
+
+@dataclass
+class LatencyOptions:
+    """How `model.latency_budget` measures latency (README, "Latency budget") [ours]."""
+    device: Optional[str] = None       # "cpu", "cuda:0", ...; default: the trainer's device
+    batch_size: Optional[int] = None   # images per timed forward; default: the data's batch size
+    grid_points: int = 4               # counts timed per group (fewest..dense), interpolated between
+    warmup: int = 1                    # untimed calls before each timing (first-call set-up is not timed)
+    repeats: int = 3                   # timed calls per table entry (the median is kept)
+    network_repeats: int = 5           # timed calls of the whole network (dense, and the export check)
+    cache_dir: Optional[str] = None    # default: $XDG_CACHE_HOME/jointprune or ~/.cache/jointprune
+    cache: bool = True                 # False: measure every time, write nothing

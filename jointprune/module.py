@@ -25,6 +25,9 @@ from .agent.episode import STATE_DIM, PruningEnvironment
 from .errors import JointPruneError
 from .options import (AgentOptions, AlignmentOptions, PruningOptions, EnvReprOptions, ExportOptions,
                       OptimOptions, RewardOptions, ScheduleOptions, resolve_epoch)
+from .options import LatencyOptions
+from .pruning.latency import check_latency_budget
+from .pruning.latency_setup import build_latency_model
 from .pruning import (AlignmentRegularizer, BudgetClipper, ChannelStructure, FlopsModel, KeepRule, MaskPlan,
                       check_budget)
 
@@ -58,7 +61,8 @@ class JointPruneModule(L.LightningModule):
     def __init__(
         self,
         cnn: nn.Module,
-        flops_budget: float = 0.5,
+        flops_budget: Optional[float] = None,
+        latency_budget: Optional[float] = None,
         input_shape: tuple[int, int, int] = (3, 32, 32),
         num_classes: Optional[int] = None,
         seed: int = 0,
@@ -70,31 +74,42 @@ class JointPruneModule(L.LightningModule):
         env_repr: EnvReprOptions = EnvReprOptions(),
         reward: RewardOptions = RewardOptions(),
         export: ExportOptions = ExportOptions(),
+        latency: LatencyOptions = LatencyOptions(),
     ):
         """
         Args:
             cnn: any CNN (`class_path` + `init_args` in a config); trained from scratch.
-            flops_budget: fraction of the dense network's FLOPs the pruned network may use, in (0, 1].
+            flops_budget: fraction of the dense network's FLOPs the pruned network may use, in (0, 1];
+                default 0.5, or 1.0 (no FLOPs limit) when latency_budget is set.
+            latency_budget: fraction of the dense network's latency, measured at start on
+                `latency.device` at `latency.batch_size`, the pruned network may take, in (0, 1].
             input_shape: (C, H, W) of one input; linked from the DataModule by the CLI.
             num_classes: classes of the data; linked from the DataModule and checked against the CNN.
             seed: seeds the agent's exploration (the CLI's seed_everything seeds the rest).
         """
         super().__init__()
+        latency_budget = check_latency_budget(latency_budget)
+        if flops_budget is None:  # alone, a latency budget is the only limit
+            flops_budget = 0.5 if latency_budget is None else 1.0
         check_budget(flops_budget)
         pruning, alignment, optim = _as(PruningOptions, pruning), _as(AlignmentOptions, alignment), _as(OptimOptions, optim)
         schedule, agent, env_repr = _as(ScheduleOptions, schedule), _as(AgentOptions, agent), _as(EnvReprOptions, env_repr)
         reward, export = _as(RewardOptions, reward), _as(ExportOptions, export)
+        latency = _as(LatencyOptions, latency)
         # Options are stored as plain dicts so that checkpoints load with weights_only=True.
         self.save_hyperparameters({
-            "flops_budget": flops_budget, "input_shape": list(input_shape), "num_classes": num_classes, "seed": seed,
+            "flops_budget": flops_budget, "latency_budget": latency_budget, "input_shape": list(input_shape), "num_classes": num_classes, "seed": seed,
             **{k: asdict(v) for k, v in dict(pruning=pruning, alignment=alignment, optim=optim, schedule=schedule,
-                                             agent=agent, env_repr=env_repr, reward=reward, export=export).items()}})
+                                             agent=agent, env_repr=env_repr, reward=reward, export=export,
+                                             latency=latency).items()}})
         self.automatic_optimization = False
         self.cnn = cnn
         self.flops_budget, self.input_shape, self.num_classes = flops_budget, tuple(input_shape), num_classes
         self.seed = seed
         self.pruning, self.alignment, self.optim, self.schedule = pruning, alignment, optim, schedule
         self.agent_opts, self.env_opts, self.reward_opts, self.export_opts = agent, env_repr, reward, export
+        self.latency_budget, self.latency_opts = latency_budget, latency
+        self.latency_model = None  # measured at setup, on the trainer's device (attach_latency_budget)
         self.engine_ready = False
         # Run state that checkpoints carry (see on_save_checkpoint).
         self.incumbent_kept: Optional[list[int]] = None
@@ -147,7 +162,18 @@ class JointPruneModule(L.LightningModule):
         for split in ("train", "val", "test"):
             setattr(self, f"{split}_acc", MulticlassAccuracy(self.num_classes, average="micro"))
         self.ignore_agent_in_ddp()
+        self.attach_latency_budget()
         self.engine_ready = True
+
+    def attach_latency_budget(self) -> None:
+        """Measure the latency model on the device (rank 0; the others receive it, so every rank
+        clips alike) and make the clipper hold latency to its budget beside FLOPs."""
+        if self.latency_budget is None:
+            return
+        self.latency_model = build_latency_model(self.trainer, self.structure, self.keep_rule, self.latency_opts)
+        self.clipper = BudgetClipper(self.flops, self.flops_budget, self.keep_rule,
+                                     extra_costs=((self.latency_model, self.latency_budget),))
+        self.environment = PruningEnvironment(self.structure, self.flops, self.clipper)
 
     def resolve_schedule(self, max_epochs: int) -> dict:
         s = self.schedule

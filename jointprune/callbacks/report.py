@@ -11,6 +11,7 @@ import torch_pruning as tp
 
 from ..pruning.masks import eval_mode
 from ..utils.atomic import atomic_write_bytes
+from .latency_report import latency_fields, latency_rows
 
 
 @torch.no_grad()
@@ -72,6 +73,7 @@ def final_report(trainer, pm, dense_arch: nn.Module | None, dense_test_acc: floa
             "pruned": cpu_latency_ms(pm.cnn, pm.input_shape),
         },
         "history": pm.history,
+        **latency_fields(pm, dense_arch),
     }
 
 
@@ -87,6 +89,7 @@ def print_final_table(report: dict, dirpath: Path) -> None:
         ("CPU latency ms (batch 64)", fmt(lat["dense"], ".1f"), f"{lat['pruned']:.1f}",
          "" if lat["dense"] is None else f"{lat['dense'] / lat['pruned']:.2f}x faster"),
     ]
+    rows += latency_rows(report)
     lines = ["", "| | dense | pruned | ratio |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     lines.append(f"(dense test top-1 = the dense weights just before extraction; files in {dirpath})")

@@ -72,17 +72,17 @@ class SubnetExtraction(L.Callback):
 
 
 def export_dir(trainer, pm) -> Path:
-    """`export.dirpath` may name {flops_budget}, {seed} (seed_everything) and {version} (the
+    """`export.dirpath` may name {flops_budget}, {latency_budget}, {seed} (seed_everything) and {version} (the
     logger's run id), so that the runs of a sweep into one directory never overwrite each other."""
     template = pm.export_opts.dirpath or str(Path(trainer.default_root_dir) / "pruned")
     version = trainer.logger.version if trainer.logger is not None else None
-    fields = {"flops_budget": pm.flops_budget, "seed": os.environ.get("PL_GLOBAL_SEED", "none"),
+    fields = {"flops_budget": pm.flops_budget, "latency_budget": pm.latency_budget, "seed": os.environ.get("PL_GLOBAL_SEED", "none"),
               "version": version if version is not None else "none"}
     try:
         return Path(template.format(**fields))
     except (KeyError, IndexError, ValueError) as err:
         raise JointPruneError(f"model.export.dirpath={template!r} names an unknown field ({err}); "
-                              "use {flops_budget}, {seed} or {version}.") from None
+                              "use {flops_budget}, {latency_budget}, {seed} or {version}.") from None
 
 
 def _rewrap_ddp(trainer, pm) -> None:

@@ -1,0 +1,146 @@
+"""The latency model: its tables, the on-disk cache, bad input, and a tiny fit under a latency budget."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from jointprune.errors import JointPruneError
+from jointprune.options import LatencyOptions
+from jointprune.pruning import ChannelStructure, KeepRule
+from jointprune.pruning import latency as latency_mod
+from jointprune.pruning.latency import LatencyModel, check_latency_budget
+from jointprune.pruning.latency_table import LatencyCache, resolve_device
+from jointprune.pruning.latency_setup import check_options
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pruning_helpers import one_thread  # noqa: E402,F401
+
+CPU = torch.device("cpu")
+
+
+class Chain(nn.Module):
+    """conv(3->8) - BN - ReLU - conv(8->12) - BN - ReLU - pool - linear: two groups, and the second
+    conv depends on both (its input on group 0, its output on group 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1, self.r1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()
+        self.c2, self.b2, self.r2 = nn.Conv2d(8, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), nn.ReLU()
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = self.r2(self.b2(self.c2(self.r1(self.b1(self.c1(x))))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def build(tmp_path, batch=2, points=3, threads=1, **kw):
+    model = Chain().eval()
+    structure = ChannelStructure(model, torch.zeros(1, 3, 8, 8))
+    rule = KeepRule(max_ratio=0.5)
+    cands = [rule.candidates(n) for n in structure.sizes]
+    opts = LatencyOptions(grid_points=points, warmup=0, repeats=1, network_repeats=1, cache_dir=str(tmp_path), **kw)
+    return LatencyModel.measure(structure, cands, CPU, batch, threads, opts), structure, cands
+
+
+def test_tables_cover_each_layer_by_the_groups_it_depends_on(tmp_path):
+    lm, structure, cands = build(tmp_path)
+    assert structure.sizes == [8, 12]
+    # c1/b1/r1 follow group 0, c2 both groups, b2/r2/fc's input group 1.
+    assert set(lm.terms) == {(0,), (0, 1), (1,)}
+    assert lm.terms[(0, 1)].shape == (3, 3)
+    np.testing.assert_array_equal(lm.grids[0], [4, 6, 8])
+    np.testing.assert_array_equal(lm.grids[1], [6, 9, 12])
+    assert all((t > 0).all() for t in lm.terms.values())
+    # The dense network's latency is the measured whole network by construction.
+    assert lm.dense == pytest.approx(lm.rest + sum(float(t[(-1,) * t.ndim]) for t in lm.terms.values()))
+    # Between grid points the model interpolates linearly; a batch equals one vector at a time.
+    lo, hi = lm([4, 12]), lm([6, 12])
+    assert lm([5, 12]) == pytest.approx((lo + hi) / 2)
+    batch = np.array([[4, 6], [5, 7], [8, 12]], dtype=float)
+    np.testing.assert_allclose(lm(batch), [lm(k) for k in batch])
+    # HALP-style entries: batch, input shape (channels, feature map), output channels, groups.
+    entries = json.loads(Path(lm.info["cache_file"]).read_text())["entries"]
+    conv_keys = [json.loads(k) for k in entries if k.startswith('["Conv2d"')]
+    assert {(k[2][0], k[2][1], k[3]) for k in conv_keys} == \
+        {(2, 3, c) for c in (4, 6, 8)} | {(2, c, d) for c in (4, 6, 8) for d in (6, 9, 12)}
+    assert lm.info["timed_entries"] == len(entries) and lm.info["batch_size"] == 2
+
+
+def test_second_build_reads_the_cache_and_times_nothing(tmp_path, monkeypatch):
+    first, _, _ = build(tmp_path)
+
+    def no_timing(*a, **k):
+        raise AssertionError("a cached table was timed again")
+
+    monkeypatch.setattr(latency_mod, "median_ms", no_timing)
+    second, _, _ = build(tmp_path)
+    assert second.info["cache_hit"] and second.info["timed_entries"] == 0
+    assert second.dense == first.dense and second([5, 7]) == first([5, 7])
+    # Another thread count is another device configuration: a different cache file.
+    monkeypatch.undo()
+    other, _, _ = build(tmp_path, threads=2)
+    assert other.info["cache_file"] != first.info["cache_file"] and other.info["timed_entries"] > 0
+
+
+def test_an_unreadable_cache_is_measured_again_and_replaced(tmp_path):
+    first, _, _ = build(tmp_path)
+    Path(first.info["cache_file"]).write_text("{ not json")
+    again, _, _ = build(tmp_path)
+    assert again.info["timed_entries"] == first.info["timed_entries"]
+    assert json.loads(Path(first.info["cache_file"]).read_text())["meta"]["threads"] == 1
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_cache_off_writes_nothing(tmp_path):
+    lm, _, _ = build(tmp_path, cache=False)
+    assert lm.info["timed_entries"] > 0 and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("budget", [0.0, 1.5, -0.1, float("nan"), True, "0.5"])
+def test_bad_latency_budget_is_one_sentence(budget):
+    with pytest.raises(JointPruneError, match="latency_budget must be a fraction"):
+        check_latency_budget(budget)
+
+
+def test_unavailable_or_unknown_device_is_refused():
+    if not torch.cuda.is_available():
+        with pytest.raises(JointPruneError, match="not available on this machine"):
+            resolve_device("cuda:0", CPU)
+    with pytest.raises(JointPruneError, match="not a device name"):
+        resolve_device("banana", CPU)
+    assert resolve_device(None, CPU) == CPU
+
+
+@pytest.mark.parametrize("batch", [0, -3, 1.5])
+def test_batch_size_below_one_is_refused(tmp_path, batch):
+    with pytest.raises(JointPruneError, match="batch_size must be an integer of at least 1"):
+        build(tmp_path, batch=batch)
+
+
+def test_bad_measurement_options_are_refused():
+    with pytest.raises(JointPruneError, match="grid_points must be an integer of at least 2"):
+        check_options(LatencyOptions(grid_points=1))
+
+
+def test_a_layer_that_fails_at_a_candidate_width_names_it(tmp_path, monkeypatch):
+    real = latency_mod._layer_at
+
+    def fails_at_six(call, q):
+        if q.get("cout") == 6:
+            raise RuntimeError("no kernel for this width")
+        return real(call, q)
+
+    monkeypatch.setattr(latency_mod, "_layer_at", fails_at_six)
+    with pytest.raises(JointPruneError, match=r"latency of layer c1 cannot be measured at 3 input and 6 output"):
+        build(tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing cached half-way
+
+
+def test_cache_key_names_device_torch_and_threads(tmp_path):
+    a = LatencyCache(str(tmp_path), CPU, 1)
+    b = LatencyCache(str(tmp_path), CPU, 4)
+    assert a.path != b.path and a.meta["torch"] == torch.__version__ and a.meta["device"].startswith("cpu")

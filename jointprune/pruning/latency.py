@@ -204,6 +204,7 @@ class LatencyModel:
         check_batch_size(batch_size)
         started = time.perf_counter()
         calls, call_names, d = _probe(structure)
+        probed = time.perf_counter()
         n_groups = len(structure.groups)
         grids = [_grid(np.asarray(c), options.grid_points) for c in candidates]
         sizes = np.array(structure.sizes, dtype=np.float64)
@@ -232,6 +233,7 @@ class LatencyModel:
                     if cache.get(key) is None:
                         cache.put(key, _measure_layer(calls[i], call_names[i], q, batch_size, device, options))
                         timed += 1
+            layers_done = time.perf_counter()
             net_key = "network:" + hashlib.sha1(json.dumps(
                 [_key(c, _quantities(c), batch_size) for c in calls]
                 + [list(structure.example_input.shape[1:]), structure.prune_coupled]).encode()).hexdigest()
@@ -251,7 +253,8 @@ class LatencyModel:
         info = {"device": str(device), "device_name": device_name(device), "batch_size": int(batch_size),
                 "threads": int(threads), "torch": torch.__version__, "grid_points": options.grid_points,
                 "timed_entries": timed, "cache_hit": timed == 0, "cache_file": str(cache.path),
-                "build_seconds": time.perf_counter() - started, "groups": n_groups}
+                "build_seconds": time.perf_counter() - started, "probe_seconds": probed - started,
+                "layer_seconds": layers_done - probed, "groups": n_groups}
         return cls(sizes, grids, terms, dense_ms - at_dense, info)
 
     def __call__(self, kept) -> float | np.ndarray:

@@ -1,0 +1,138 @@
+"""How well does the latency model predict measured latency, and what does building it cost?
+
+For each network, the latency model (jointprune/pruning/latency.py) is built from scratch (empty
+cache) with the default LatencyOptions and timed; then random sub-networks (every group's kept
+count drawn uniformly from the counts the default KeepRule allows, the l1 top-k channels kept)
+are physically extracted with our extraction and timed against the dense network back to back,
+alternating which goes first (median of --runs pairs). error = |predicted - measured| / measured
+on the latency ratio pruned/dense (both sides normalised by the dense network, so that drift of a
+shared machine between the table build and the check cancels). A second build then reads the
+cache (its time is the "second run" start-up).
+
+Build cost is compared with one epoch of the quickstart measured in the same run: ResNet-20 on
+the digits data at batch 64, one training pass (forward, backward, SGD step) plus the validation
+pass, i.e. the quickstart's warm-up epoch without the agent (its shortest epoch, so the ratio is
+an upper bound), against the latency model the quickstart would build (ResNet-20, batch 64).
+
+    python experiments/benchmarks/bench_latency_model.py [--subnets 6] [--runs 7] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from jointprune.data import DigitsDataModule  # noqa: E402
+from jointprune.models import create_model  # noqa: E402
+from jointprune.options import LatencyOptions  # noqa: E402
+from jointprune.pruning import ChannelStructure, KeepRule, extract_subnetwork, group_importance, top_k_masks  # noqa: E402
+from jointprune.pruning.latency import LatencyModel, measure_pair  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def build(structure, rule, batch, threads, cache_dir):
+    cands = [rule.candidates(n) for n in structure.sizes]
+    start = time.perf_counter()
+    lm = LatencyModel.measure(structure, cands, CPU, batch, threads, LatencyOptions(cache_dir=cache_dir))
+    return lm, time.perf_counter() - start, cands
+
+
+def bench_model(name, size, batch, threads, subnets, runs, seed=0):
+    torch.manual_seed(seed)
+    model = create_model(name, num_classes=10 if name.startswith("cifar_") else 1000).eval()
+    structure = ChannelStructure(model, torch.zeros(1, 3, size, size))
+    rule = KeepRule()
+    with tempfile.TemporaryDirectory() as cache_dir:
+        lm, first_s, cands = build(structure, rule, batch, threads, cache_dir)
+        _, second_s, _ = build(structure, rule, batch, threads, cache_dir)
+    scores = group_importance(model, structure, "l1")
+    rng = np.random.default_rng(seed)
+    errors, rows = [], []
+    for _ in range(subnets):
+        kept = [int(rng.choice(c)) for c in cands]
+        small = extract_subnetwork(model, structure, top_k_masks(scores, kept))
+        pair = measure_pair(model, small, (3, size, size), CPU, batch, threads, warmup=1, repeats=runs)
+        predicted = lm(kept) / lm.dense
+        errors.append(abs(predicted - pair["ratio"]) / pair["ratio"])
+        rows.append((predicted, pair["ratio"], pair["noise"]))
+    print(f"[{name}] built in {first_s:.1f} s, median error {100 * statistics.median(errors):.1f} %", flush=True)
+    return {"model": name, "input": f"{size}x{size}", "batch": batch, "groups": len(cands),
+            "entries": lm.info["timed_entries"], "first_s": first_s, "second_s": second_s,
+            "dense_ms": lm.dense, "median_err": statistics.median(errors), "max_err": max(errors), "rows": rows}
+
+
+def quickstart_epoch_seconds(threads) -> float:
+    torch.manual_seed(0)
+    dm = DigitsDataModule(batch_size=64, reward_size=64)
+    dm.setup("fit")
+    net = create_model("cifar_resnet20", num_classes=10)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    start = time.perf_counter()
+    net.train()
+    for x, y in dm.train_dataloader():
+        loss = F.cross_entropy(net(x.float()), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        for x, _ in dm.val_dataloader():
+            net(x.float())
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subnets", type=int, default=6, help="random sub-networks per model")
+    parser.add_argument("--runs", type=int, default=7, help="paired timed runs per sub-network (median)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=16, help="batch for ResNet-56 and MobileNetV2 (32x32)")
+    parser.add_argument("--imagenet-size", type=int, default=64, help="input side for ResNet-50")
+    parser.add_argument("--imagenet-batch", type=int, default=8)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    epoch_s = quickstart_epoch_seconds(args.threads)
+    with tempfile.TemporaryDirectory() as cache_dir:
+        st = ChannelStructure(create_model("cifar_resnet20", num_classes=10).eval(), torch.zeros(1, 3, 32, 32))
+        _, qs_build, _ = build(st, KeepRule(), 64, args.threads, cache_dir)
+        _, qs_second, _ = build(st, KeepRule(), 64, args.threads, cache_dir)
+    epoch_s2 = quickstart_epoch_seconds(args.threads)  # again after, so that load drift shows
+    epoch = statistics.median([epoch_s, epoch_s2])
+    print(f"[quickstart] epoch {epoch_s:.1f} / {epoch_s2:.1f} s, table build {qs_build:.1f} s", flush=True)
+
+    results = [bench_model("cifar_resnet56", 32, args.batch, args.threads, args.subnets, args.runs),
+               bench_model("cifar_mobilenet_v2", 32, args.batch, args.threads, args.subnets, args.runs),
+               bench_model("tv_resnet50", args.imagenet_size, args.imagenet_batch, args.threads, args.subnets, args.runs)]
+
+    print(f"\n### Latency model vs measured latency of random extracted sub-networks (CPU, {args.threads} thread(s), "
+          f"default LatencyOptions, {args.subnets} sub-networks each, median of {args.runs} interleaved pairs)\n")
+    print("| model | input | batch | groups | table entries timed | build s (empty cache) | build s (cached) "
+          "| dense ms | median abs. error | max abs. error |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['model']} | {r['input']} | {r['batch']} | {r['groups']} | {r['entries']} | {r['first_s']:.1f} "
+              f"| {r['second_s']:.1f} | {r['dense_ms']:.1f} | {100 * r['median_err']:.1f} % | {100 * r['max_err']:.1f} % |")
+    print("\nper sub-network (predicted ratio / measured ratio +- noise):")
+    for r in results:
+        print(f"  {r['model']}: " + ", ".join(f"{p:.2f}/{m:.2f}+-{n:.2f}" for p, m, n in r["rows"]))
+    share = qs_build / epoch
+    print(f"\nquickstart (ResNet-20, batch 64): table build {qs_build:.1f} s (cached start {qs_second:.1f} s); "
+          f"one quickstart epoch {epoch:.1f} s (runs {epoch_s:.1f}, {epoch_s2:.1f}); build = {100 * share:.0f} % "
+          f"of an epoch (goal < 10 %: {'met' if share < 0.10 else 'MISSED'}).")
+    errs = [r["median_err"] for r in results]
+    print(f"Goal median abs. error < 10 %: met for {sum(e < 0.10 for e in errs)} of {len(errs)} models.")
+
+
+if __name__ == "__main__":
+    main()

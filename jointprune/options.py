@@ -113,8 +113,9 @@ class LatencyOptions:
     device: Optional[str] = None       # "cpu", "cuda:0", ...; default: the trainer's device
     batch_size: Optional[int] = None   # images per timed forward; default: the data's batch size
     grid_points: int = 4               # counts timed per group (fewest..dense), interpolated between
-    warmup: int = 0                    # untimed calls before each timing (the median of 3 already drops the cold first call)
-    repeats: int = 3                   # timed calls per table entry (the median is kept)
-    network_repeats: int = 3           # timed calls of the whole network at start (the export check: 3x, at least 9)
+    warmup: int = 1                    # untimed calls before each table entry's timings
+    repeats: int = 3                   # timed calls per table entry at least; the entry is the mean of
+    max_repeats: int = 12              # the two fastest once they agree within 10 % (at most this many)
+    network_repeats: int = 3           # hooked dense forwards timing the constant rest (fastest of each piece)
     cache_dir: Optional[str] = None    # default: $XDG_CACHE_HOME/jointprune or ~/.cache/jointprune
     cache: bool = True                 # False: measure every time, write nothing

@@ -20,7 +20,7 @@ def latency_fields(pm, dense_arch) -> dict:
     info = lm.info
     opts = pm.latency_opts
     pair = measure_pair(dense_arch, pm.cnn, pm.input_shape, torch.device(info["device"]), info["batch_size"],
-                        info["threads"], opts.warmup, max(3 * opts.network_repeats, 9))
+                        info["threads"], max(opts.warmup, 1), max(3 * opts.network_repeats, 9))
     predicted = lm(pm.incumbent_kept) / lm.dense if pm.incumbent_kept is not None else 1.0
     met = pair["ratio"] <= pm.latency_budget + pair["noise"]
     fields = {

@@ -6,12 +6,14 @@ linear, batch norm, activation, pooling) depends on the kept counts of at most t
 one feeding its input channels and the one setting its output channels). Which groups drive which
 call's channel counts is *measured*, as in `flops.py`: remove one channel of each group in turn
 with torch-pruning's surgery on a copy and record every call's shapes. Each t_i is a lookup table
-measured on the device (layers built standalone at that shape, warm-up then median of repeats,
-threads pinned, CUDA synchronised) at `grid_points` counts per group spread evenly over the
-counts the keep rule allows, and interpolated (linearly, bilinearly for two groups) in between.
-Calls whose shapes no group changes are not timed: they and every untimed op (adds, reshapes)
-form `rest` = measured dense network - the timed calls at dense, so latency(dense) is the
-measured latency of the whole network by construction.
+measured on the device (layers built standalone at that shape, after a warm-up call, threads
+pinned, CUDA synchronised) at `grid_points` counts per group spread evenly over the counts the
+keep rule allows, and interpolated (linearly, bilinearly for two groups) in between. An entry is
+the mean of the two fastest calls once they agree within 10 % (`steady_ms`), not a plain median:
+on a shared machine a call of a few ms is preempted for whole time slices more often than not.
+Calls whose shapes no group changes are not tabulated: they and every untimed op between calls
+(adds, reshapes) form `rest`, timed once in place in the dense network with hooks, each piece
+the fastest of a few forwards (`measure_rest`).
 
 Latency is not monotone in channel counts (CPU kernels block channels in 8s and 16s): nothing
 here assumes it is, and the clipper searches the feasible counts instead.
@@ -33,7 +35,7 @@ from torch_pruning.utils import op_counter
 
 from ..errors import JointPruneError
 from ..options import LatencyOptions
-from .latency_table import LatencyCache, device_name, median_ms, pinned_threads, time_ms
+from .latency_table import LatencyCache, device_name, pinned_threads, steady_ms, synchronize, time_ms
 from .structure import BATCHNORM, ChannelStructure, StructureError, forward_with_hooks
 
 CONV = nn.modules.conv._ConvNd
@@ -234,14 +236,14 @@ class LatencyModel:
                         cache.put(key, _measure_layer(calls[i], call_names[i], q, batch_size, device, options))
                         timed += 1
             layers_done = time.perf_counter()
-            net_key = "network:" + hashlib.sha1(json.dumps(
+            net_key = "rest:" + hashlib.sha1(json.dumps(
                 [_key(c, _quantities(c), batch_size) for c in calls]
                 + [list(structure.example_input.shape[1:]), structure.prune_coupled]).encode()).hexdigest()
-            dense_ms = cache.get(net_key)
-            if dense_ms is None:
-                dense_ms = measure_network(structure.model, tuple(structure.example_input.shape[1:]), device,
-                                           batch_size, options.warmup, options.network_repeats)
-                cache.put(net_key, dense_ms)
+            rest = cache.get(net_key)
+            if rest is None:
+                rest = measure_rest(structure.model, tuple(structure.example_input.shape[1:]), device, batch_size,
+                                    {i for i, _, _ in plans}, options.network_repeats)
+                cache.put(net_key, rest)
                 timed += 1
         cache.save()
         terms: dict[tuple, np.ndarray] = {}
@@ -249,13 +251,12 @@ class LatencyModel:
             table = terms.setdefault(groups, np.zeros([len(grids[g]) for g in groups]))
             for idx, q in points:
                 table[idx] += cache.get(_key(calls[i], q, batch_size))
-        at_dense = sum(float(t[tuple(-1 for _ in g)]) for g, t in terms.items())
         info = {"device": str(device), "device_name": device_name(device), "batch_size": int(batch_size),
                 "threads": int(threads), "torch": torch.__version__, "grid_points": options.grid_points,
                 "timed_entries": timed, "cache_hit": timed == 0, "cache_file": str(cache.path),
                 "build_seconds": time.perf_counter() - started, "probe_seconds": probed - started,
                 "layer_seconds": layers_done - probed, "groups": n_groups}
-        return cls(sizes, grids, terms, dense_ms - at_dense, info)
+        return cls(sizes, grids, terms, rest, info)
 
     def __call__(self, kept) -> float | np.ndarray:
         """Milliseconds for one kept-count vector [G] or a batch [N, G]."""
@@ -279,7 +280,7 @@ def _measure_layer(call: dict, name: str, q: dict, batch: int, device: torch.dev
     try:
         layer = _layer_at(call, q).to(device).eval()
         x = torch.randn(_input_at(call, q, batch), device=device)
-        return median_ms(lambda: layer(x), device, options.warmup, options.repeats)
+        return steady_ms(lambda: layer(x), device, options.warmup, options.repeats, options.max_repeats)
     except (RuntimeError, ValueError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise JointPruneError(f"the latency of layer {name} cannot be measured at {q.get('cin')} input and "
@@ -287,16 +288,44 @@ def _measure_layer(call: dict, name: str, q: dict, batch: int, device: torch.dev
                               "set model.latency_budget: null to prune to FLOPs only.") from err
 
 
-def measure_network(model: nn.Module, input_shape, device: torch.device, batch: int, warmup: int,
-                    repeats: int) -> float:
-    """Median ms of one eval forward of a copy of `model` on `device` (the caller pins threads)."""
+@torch.no_grad()
+def measure_rest(model: nn.Module, input_shape, device: torch.device, batch: int, varying: set[int],
+                 repeats: int) -> float:
+    """Milliseconds of everything in one dense forward that no group changes: the timed calls in
+    `varying` excluded, the rest timed in place with hooks (each call, and each gap between calls
+    where untimed ops such as adds run), every piece's fastest of `repeats` forwards, summed.
+    Timing pieces rather than the whole forward keeps a loaded machine's preemptions out of the
+    constant, as `steady_ms` keeps them out of the tables."""
     net = copy.deepcopy(model).to(device).eval()
     x = torch.randn(batch, *input_shape, device=device)
+    modules = [m for m in net.modules() if _timed_module(m)]
+    stamps: list[float] = []
+
+    def stamp(*_):  # returns None: a hook's return value would replace the input or output
+        synchronize(device)
+        stamps.append(time.perf_counter())
+
+    hooks = [h for m in modules for h in (m.register_forward_pre_hook(stamp), m.register_forward_hook(stamp))]
+    best = None
     try:
-        return median_ms(lambda: net(x), device, warmup, repeats)
+        for r in range(repeats + 1):  # the first forward is a warm-up
+            stamps.clear()
+            stamp()
+            net(x)
+            stamp()
+            pieces = np.diff(np.asarray(stamps)) * 1000.0
+            if r == 1:
+                best = pieces
+            elif r > 1:
+                best = np.minimum(best, pieces)
     except RuntimeError as err:
         raise JointPruneError(f"the dense network's latency cannot be measured on {device} at batch {batch} "
                               f"({str(err).splitlines()[0]}); lower model.latency.batch_size.") from err
+    finally:
+        for h in hooks:
+            h.remove()
+    # pieces: gap, call 0, gap, call 1, ..., call n-1, gap
+    return float(sum(v for j, v in enumerate(best) if j % 2 == 0 or (j - 1) // 2 not in varying))
 
 
 def measure_pair(dense: nn.Module, pruned: nn.Module, input_shape, device: torch.device, batch: int,

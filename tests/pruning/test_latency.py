@@ -42,7 +42,7 @@ def build(tmp_path, batch=2, points=3, threads=1, **kw):
     structure = ChannelStructure(model, torch.zeros(1, 3, 8, 8))
     rule = KeepRule(max_ratio=0.5)
     cands = [rule.candidates(n) for n in structure.sizes]
-    opts = LatencyOptions(grid_points=points, warmup=0, repeats=1, network_repeats=1, cache_dir=str(tmp_path), **kw)
+    opts = LatencyOptions(grid_points=points, warmup=0, repeats=1, max_repeats=2, network_repeats=1, cache_dir=str(tmp_path), **kw)
     return LatencyModel.measure(structure, cands, CPU, batch, threads, opts), structure, cands
 
 
@@ -76,7 +76,8 @@ def test_second_build_reads_the_cache_and_times_nothing(tmp_path, monkeypatch):
     def no_timing(*a, **k):
         raise AssertionError("a cached table was timed again")
 
-    monkeypatch.setattr(latency_mod, "median_ms", no_timing)
+    monkeypatch.setattr(latency_mod, "steady_ms", no_timing)
+    monkeypatch.setattr(latency_mod, "measure_rest", no_timing)
     second, _, _ = build(tmp_path)
     assert second.info["cache_hit"] and second.info["timed_entries"] == 0
     assert second.dense == first.dense and second([5, 7]) == first([5, 7])
@@ -144,3 +145,58 @@ def test_cache_key_names_device_torch_and_threads(tmp_path):
     a = LatencyCache(str(tmp_path), CPU, 1)
     b = LatencyCache(str(tmp_path), CPU, 4)
     assert a.path != b.path and a.meta["torch"] == torch.__version__ and a.meta["device"].startswith("cpu")
+
+
+class DigitsChain(Chain):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(12, 10)
+
+
+def test_tiny_fit_under_a_latency_budget_exports_within_it(tmp_path):
+    import lightning as L
+
+    from jointprune.data import DigitsDataModule
+    from jointprune.module import JointPruneModule
+    from jointprune.options import AgentOptions, EnvReprOptions, ExportOptions, ScheduleOptions
+
+    L.seed_everything(0)
+    dm = DigitsDataModule(resize=8, batch_size=128, reward_size=64)
+    model = JointPruneModule(
+        DigitsChain(), latency_budget=0.8, input_shape=dm.input_shape, num_classes=dm.num_classes,
+        schedule=ScheduleOptions(warmup_epochs=1, agent_until=2, extract_at=2),
+        agent=AgentOptions(episodes_per_epoch=3, sac_updates=4, batch_size=8, random_epochs=1, hidden=16),
+        env_repr=EnvReprOptions(decoder_steps=4, dim=8),
+        latency=LatencyOptions(grid_points=3, repeats=1, max_repeats=2, network_repeats=1, cache_dir=str(tmp_path / "cache")),
+        export=ExportOptions(dirpath=str(tmp_path / "export")))
+    assert model.flops_budget == 1.0  # alone, the latency budget is the only limit
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, dm)
+    lm = model.latency_model
+    assert lm is not None and lm.info["batch_size"] == 128 and lm.info["device"] == "cpu"
+    # The guarantee, in the model's terms: every finished episode, hence the export, fits.
+    assert lm(model.incumbent_kept) <= 0.8 * lm.dense + 1e-9
+    report = json.loads((tmp_path / "export" / "pruned.json").read_text())
+    for key in ("latency_budget", "dense_latency_ms", "pruned_latency_ms", "latency_device", "latency_batch_size",
+                "latency_threads", "latency_budget_met"):
+        assert key in report
+    assert report["latency_budget"] == 0.8 and report["latency_batch_size"] == 128
+    assert report["latency_model_ratio"] == pytest.approx(lm(model.incumbent_kept) / lm.dense)
+
+
+def test_an_unreachable_latency_budget_is_refused_at_start(tmp_path):
+    import lightning as L
+
+    from jointprune.data import DigitsDataModule
+    from jointprune.module import JointPruneModule
+
+    dm = DigitsDataModule(resize=8, batch_size=32, reward_size=64)
+    model = JointPruneModule(DigitsChain(), latency_budget=0.01, input_shape=dm.input_shape,
+                             num_classes=dm.num_classes,
+                             latency=LatencyOptions(grid_points=2, repeats=1, max_repeats=2, network_repeats=1,
+                                                    cache_dir=str(tmp_path / "cache")))
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(JointPruneError, match=r"latency_budget=0.01 cannot be met.*\d\.\d{3} of the dense latency"):
+        trainer.fit(model, dm)

@@ -98,14 +98,14 @@ class CostBudget:
         # rounded value, so that float noise never rejects an exact fit.
         self._integer = isinstance(model, FlopsModel)
 
-    def _value(self, value):
+    def value(self, value):
         return np.rint(value) if self._integer else np.asarray(value, dtype=np.float64)
 
     def fits(self, value):
-        return self._value(value) <= self.limit
+        return self.value(value) <= self.limit
 
     def reaches(self, value):
-        return self._value(value) >= self.limit
+        return self.value(value) >= self.limit
 
 
 def _check_fraction(fraction: float, name: str) -> float:
@@ -152,6 +152,13 @@ class BudgetClipper:
         if not np.array_equal(unique[-1], self.dense_counts):
             unique = [u for u in unique if not np.array_equal(u, self.dense_counts)] + [self.dense_counts]
         self._refs = np.stack(unique)
+        # Per group, the batch window() evaluates: every (reference completion, candidate) pair.
+        # Built once; a step only writes the prefix into a copy.
+        self._trials = []
+        for l, cands in enumerate(self.candidates):
+            trial = np.repeat(self._refs, len(cands), axis=0)
+            trial[:, l] = np.tile(cands, len(self._refs))
+            self._trials.append(trial)
 
     # -- construction ---------------------------------------------------------------------------
     def _descend(self, score, start: np.ndarray, sweeps: int = 10) -> np.ndarray:
@@ -213,24 +220,23 @@ class BudgetClipper:
         [bounds()[0], bounds()[1]]; with non-monotone costs it may have holes."""
         l = len(kept_so_far)
         cands = self.candidates[l]
-        n_refs, c = len(self._refs), len(cands)
+        c = len(cands)
         # One batch for every (reference completion, candidate) pair: one call per cost model.
-        trial = np.repeat(self._refs, c, axis=0)
+        trial = self._trials[l].copy()
         trial[:, :l] = kept_so_far
-        trial[:, l] = np.tile(cands, n_refs)
-        feasible = np.ones(n_refs * c, dtype=bool)
-        reach = np.zeros(c, dtype=bool)
+        feasible, reach = None, None
         for cost in self.costs:
-            values = np.asarray(cost.model(trial))
-            feasible &= cost.fits(values)
-            reach |= cost.reaches(values[-c:])  # the dense completion's rows
-        feasible = feasible.reshape(n_refs, c).any(axis=0)
-        if not feasible.any():  # only for a prefix this clipper did not produce
-            return cands[:1]
+            values = cost.value(cost.model(trial))
+            fits, reaches = values <= cost.limit, values[-c:] >= cost.limit  # dense completion: last rows
+            feasible = fits if feasible is None else feasible & fits
+            reach = reaches if reach is None else reach | reaches
+        feasible = feasible.reshape(-1, c).any(axis=0)
         allowed = feasible & reach
-        if not allowed.any():  # even the rest dense reaches no budget: keep the most allowed
+        if allowed.any():
+            return cands[allowed]
+        if feasible.any():  # even the rest dense reaches no budget: keep the most allowed
             return cands[np.flatnonzero(feasible)[-1:]]
-        return cands[allowed]
+        return cands[:1]  # only for a prefix this clipper did not produce
 
     def bounds(self, kept_so_far: Sequence[int]) -> tuple[int, int]:
         """(fewest, most) channels group l = len(kept_so_far) may keep: the window's ends."""
@@ -238,8 +244,13 @@ class BudgetClipper:
         return int(allowed[0]), int(allowed[-1])
 
     def wanted(self, l: int, ratio: float) -> int:
-        """The count the action asks for, before clipping (the keep rule's rounding only)."""
-        return self.rule.keep(self.sizes[l], ratio, self.multiples[l])
+        """The count the action asks for, before clipping: KeepRule.keep, on the candidates
+        computed once (this runs once per group of every episode)."""
+        if not math.isfinite(ratio):
+            self.rule.keep(self.sizes[l], ratio)  # raises the one-sentence error
+        size, cands = self.sizes[l], self.candidates[l]
+        kept = size - math.floor(min(max(ratio, 0.0), self.rule.max_ratio) * size + 1e-9)
+        return int(cands[min(int(np.searchsorted(cands, kept)), len(cands) - 1)])
 
     def clip(self, kept_so_far: Sequence[int], ratio: float) -> tuple[int, float, float, float]:
         """(kept, effective ratio, ratio lower bound, ratio upper bound) for the next group.

@@ -336,6 +336,9 @@ def test_check_names_the_broken_extra_cost(resnet20_coupled):
     clipper = BudgetClipper(fm, 1.0, extra_costs=[(lat, 0.7)])
     with pytest.raises(AssertionError, match=r"^toy_latency budget violated"):
         clipper.check(st.sizes)
+    values = clipper.cost_values(st.sizes)
+    assert list(values) == ["flops", "toy_latency"]
+    assert values["flops"] == pytest.approx(fm.dense) and values["toy_latency"] == pytest.approx(lat.dense)
 
 
 def test_unreachable_extra_budget_gives_the_smallest_fraction(resnet20_coupled):

@@ -201,7 +201,8 @@ class BudgetClipper:
 
         self.reference = self.fewest.copy() if self._fits_all(self.fewest[None])[0] else self._descend(worst, self.fewest)
         if not self._fits_all(self.reference[None])[0]:
-            parts = ", ".join(f"{float(c.model(self.reference)) / c.dense:.3f} of the dense {c.name}" for c in self.costs)
+            parts = ", ".join(f"{float(c.model(self.reference)) / c.dense:.3f} of the dense "
+                              f"{'FLOPs' if c.name == 'flops' else c.name}" for c in self.costs)
             names = " and ".join(f"{c.name}_budget={c.fraction}" for c in self.costs)
             raise JointPruneError(f"{names} cannot all be met together: the closest network found within the keep "
                                   f"rules ({self._rules()}) has {parts}; raise one of the budgets.")

@@ -354,6 +354,19 @@ def test_unreachable_extra_budget_gives_the_smallest_fraction(resnet20_coupled):
         BudgetClipper(fm, 1.0, extra_costs=[(lat, 1.5)])
 
 
+def test_budgets_that_conflict_are_one_sentence(resnet20_coupled):
+    # Each alone is reachable, not both: the FLOPs minimum pays the toy latency's misalignment.
+    st, fm = resnet20_coupled
+    lat = ToyLatency(st.sizes)
+    BudgetClipper(fm, 0.056)
+    BudgetClipper(fm, 1.0, extra_costs=[(lat, 0.45)])
+    with pytest.raises(ValueError, match=r"^flops_budget=0\.056 and toy_latency_budget=0\.45 cannot all be met together: "
+                                         r"the closest network found .* has 0\.\d+ of the dense FLOPs, 0\.\d+ of the "
+                                         r"dense toy_latency; raise one of the budgets\.$") as exc:
+        BudgetClipper(fm, 0.056, extra_costs=[(lat, 0.45)])
+    assert one_sentence(str(exc.value))
+
+
 def test_cost_shares(resnet20_coupled):
     st, fm = resnet20_coupled
     clipper = BudgetClipper(fm, 0.5)

@@ -85,6 +85,7 @@ class Quadratic:
 
 class FlopsModel:
     """Vectorised exact FLOPs (and the budget bounds) for a ChannelStructure."""
+    name = "flops"  # a cost model's name (BudgetClipper's cost interface)
 
     def __init__(self, structure: ChannelStructure):
         self.structure = structure

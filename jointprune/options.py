@@ -113,7 +113,7 @@ class LatencyOptions:
     device: Optional[str] = None       # "cpu", "cuda:0", ...; default: the trainer's device
     batch_size: Optional[int] = None   # images per timed forward; default: the data's batch size
     grid_points: int = 4               # counts timed per group (fewest..dense), interpolated between
-    warmup: int = 1                    # untimed calls before each table entry's timings
+    warmup: int = 0                    # untimed calls first (the two-fastest rule already drops a slow cold call)
     repeats: int = 3                   # timed calls per table entry at least; the entry is the mean of
     max_repeats: int = 12              # the two fastest once they agree within 10 % (at most this many)
     network_repeats: int = 3           # hooked dense forwards timing the constant rest (fastest of each piece)

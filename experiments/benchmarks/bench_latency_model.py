@@ -101,6 +101,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=16, help="batch for ResNet-56 and MobileNetV2 (32x32)")
     parser.add_argument("--imagenet-size", type=int, default=64, help="input side for ResNet-50")
     parser.add_argument("--imagenet-batch", type=int, default=8)
+    parser.add_argument("--quickstart-only", action="store_true", help="only the build cost against an epoch")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -115,6 +116,10 @@ def main(argv=None) -> None:
     print(f"[quickstart] epoch {epoch_s} / {epoch_s2} s, table build {qs_build:.1f} s ({qs_build_cpu:.1f} s CPU)",
           flush=True)
 
+    print(f"quickstart (ResNet-20, batch 64): table build {qs_build:.1f} s wall, {qs_build_cpu:.1f} s CPU; epoch "
+          f"{epoch:.1f} s wall, {epoch_cpu:.1f} s CPU", flush=True)
+    if args.quickstart_only:
+        return
     results = [bench_model("cifar_resnet56", 32, args.batch, args.threads, args.subnets, args.runs),
                bench_model("cifar_mobilenet_v2", 32, args.batch, args.threads, args.subnets, args.runs),
                bench_model("tv_resnet50", args.imagenet_size, args.imagenet_batch, args.threads, args.subnets, args.runs)]

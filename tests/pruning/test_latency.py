@@ -202,3 +202,16 @@ def test_an_unreachable_latency_budget_is_refused_at_start(tmp_path):
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     with pytest.raises(JointPruneError, match=r"latency_budget=0.01 cannot be met.*\d\.\d{3} of the dense latency"):
         trainer.fit(model, dm)
+
+
+def test_a_missed_budget_is_said_plainly_in_the_final_table():
+    from jointprune.callbacks.latency_report import latency_rows
+    report = {"latency_budget": 0.5, "latency_budget_met": False, "latency_ratio": 0.62, "latency_noise": 0.03,
+              "latency_model_ratio": 0.49, "latency_device": "cpu", "latency_batch_size": 64, "latency_threads": 2,
+              "dense_latency_ms": 10.0, "pruned_latency_ms": 6.2}
+    rows = latency_rows(report)
+    assert "MISSED" in rows[0][3] and "budget 0.5" in rows[0][3]
+    assert "measures 0.620 of the dense latency" in rows[1][3]
+    assert "MISSED" not in latency_rows({**report, "latency_budget_met": True})[0][3]
+    assert len(latency_rows({**report, "latency_budget_met": True})) == 1
+    assert latency_rows({"flops_budget": 0.5}) == []  # no latency budget: no rows

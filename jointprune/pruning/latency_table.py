@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -83,10 +82,6 @@ def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats
         synchronize(device)
         out.append((time.perf_counter() - start) * 1000.0)
     return out
-
-
-def median_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
-    return statistics.median(time_ms(fn, device, warmup, repeats))
 
 
 def steady_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int, max_repeats: int,

@@ -215,3 +215,12 @@ def test_a_missed_budget_is_said_plainly_in_the_final_table():
     assert "MISSED" not in latency_rows({**report, "latency_budget_met": True})[0][3]
     assert len(latency_rows({**report, "latency_budget_met": True})) == 1
     assert latency_rows({"flops_budget": 0.5}) == []  # no latency budget: no rows
+
+
+def test_latency_sweep_prunes_to_latency_alone():
+    import yaml
+    root = Path(__file__).resolve().parents[2]
+    sweep = yaml.safe_load((root / "experiments" / "sweep_latency_budget.yaml").read_text())
+    assert sweep["parameters"]["model.latency_budget"]["values"] == [0.3, 0.5, 0.7]
+    cmd = sweep["command"]
+    assert cmd[cmd.index("--model.flops_budget") + 1] == "1.0" and cmd[-1] == "${args}"

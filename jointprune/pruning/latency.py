@@ -190,13 +190,17 @@ class LatencyModel:
 
     name = "latency"
 
-    def __init__(self, sizes, grids, terms, rest: float, info: dict):
+    def __init__(self, sizes, grids, terms, rest: float, info: dict, savings_scale: float = 1.0):
         self.sizes = np.asarray(sizes, dtype=np.float64)
         self.grids = grids                  # per group: the counts measured
         self.terms = terms                  # {(a,) or (a, b): table of ms over the grids}
         self.rest = float(rest)
         self.info = info                    # device, batch size, threads, timing and cache figures
+        self.savings_scale = 1.0
         self.dense = float(self(self.sizes))
+        # latency(k) = dense - scale x (dense - tables(k)): a calibration against one measured
+        # sub-network (LatencyOptions.calibrate) rescales the savings, dense stays as measured.
+        self.savings_scale = float(savings_scale)
 
     @classmethod
     def measure(cls, structure: ChannelStructure, candidates: list[np.ndarray], device: torch.device,
@@ -245,7 +249,6 @@ class LatencyModel:
                                     {i for i, _, _ in plans}, options.network_repeats)
                 cache.put(net_key, rest)
                 timed += 1
-        cache.save()
         terms: dict[tuple, np.ndarray] = {}
         for i, groups, points in plans:
             table = terms.setdefault(groups, np.zeros([len(grids[g]) for g in groups]))
@@ -256,7 +259,25 @@ class LatencyModel:
                 "timed_entries": timed, "cache_hit": timed == 0, "cache_file": str(cache.path),
                 "build_seconds": time.perf_counter() - started, "probe_seconds": probed - started,
                 "layer_seconds": layers_done - probed, "groups": n_groups}
-        return cls(sizes, grids, terms, rest, info)
+        model = cls(sizes, grids, terms, rest, info)
+        if options.calibrate:
+            calib_key = "calibration:" + net_key
+            measured = cache.get(calib_key)
+            if measured is None:
+                with pinned_threads(threads):
+                    measured = _measure_fewest(structure, [int(g[0]) for g in grids], device, batch_size, threads,
+                                               options.calibration_repeats)
+                cache.put(calib_key, measured)
+                info["timed_entries"] = timed = timed + 1
+                info["cache_hit"] = False
+            predicted = model([g[0] for g in grids]) / model.dense
+            # Clamped: one noisy measurement must not turn the model upside down.
+            scale = float(np.clip((1 - measured) / (1 - predicted), 0.2, 2.0)) if predicted < 0.999 else 1.0
+            model.savings_scale = scale
+            info.update(calibration_measured=measured, calibration_predicted=predicted, savings_scale=scale)
+        cache.save()
+        info["build_seconds"] = time.perf_counter() - started
+        return model
 
     def __call__(self, kept) -> float | np.ndarray:
         """Milliseconds for one kept-count vector [G] or a batch [N, G]."""
@@ -273,7 +294,19 @@ class LatencyModel:
                 b0, b1, t = _locate(self.grids[groups[1]], k[:, groups[1]])
                 total += ((1 - s) * (1 - t) * table[a0, b0] + s * (1 - t) * table[a1, b0]
                           + (1 - s) * t * table[a0, b1] + s * t * table[a1, b1])
+        if self.savings_scale != 1.0:
+            total = self.dense - self.savings_scale * (self.dense - total)
         return float(total[0]) if single else total
+
+
+def _measure_fewest(structure: ChannelStructure, fewest: list[int], device: torch.device, batch: int,
+                   threads: int, repeats: int) -> float:
+    """Measured latency ratio (fewest / dense) of the network cut to the fewest counts measured."""
+    from .extract import extract_subnetwork  # local: extraction is only needed for calibration
+    masks = [torch.arange(g.size) < k for g, k in zip(structure.groups, fewest)]
+    small = extract_subnetwork(structure.model, structure, masks)
+    return measure_pair(structure.model, small, tuple(structure.example_input.shape[1:]), device, batch, threads,
+                        warmup=1, repeats=repeats)["ratio"]
 
 
 def _measure_layer(call: dict, name: str, q: dict, batch: int, device: torch.device, options) -> float:

@@ -224,3 +224,30 @@ def test_latency_sweep_prunes_to_latency_alone():
     assert sweep["parameters"]["model.latency_budget"]["values"] == [0.3, 0.5, 0.7]
     cmd = sweep["command"]
     assert cmd[cmd.index("--model.flops_budget") + 1] == "1.0" and cmd[-1] == "${args}"
+
+
+def test_calibration_rescales_the_savings_to_the_measured_sub_network(tmp_path, monkeypatch):
+    # Deterministic tables (cost ~ channels in x channels out): the test is about the rescaling.
+    monkeypatch.setattr(latency_mod, "_measure_layer",
+                        lambda call, name, q, *a: 1e-3 * q["cin"] * q.get("cout", q["cin"]))
+    monkeypatch.setattr(latency_mod, "measure_rest", lambda *a: 0.5)
+    plain, _, _ = build(tmp_path, cache=False)
+    predicted = plain([4, 6]) / plain.dense
+    assert predicted < 0.9
+    target = 1 - 0.5 * (1 - predicted)  # the measured sub-network saves half what the tables say
+    calls = []
+
+    def measured(structure, fewest, *a):
+        calls.append(fewest)
+        return target
+
+    monkeypatch.setattr(latency_mod, "_measure_fewest", measured)
+    cal, _, _ = build(tmp_path, calibrate=True)
+    assert calls == [[4, 6]]  # the network cut to the fewest counts measured, once
+    assert cal.dense == pytest.approx(plain.dense) and cal.savings_scale == pytest.approx(0.5)
+    assert cal([4, 6]) / cal.dense == pytest.approx(target)
+    # Savings scale alike everywhere, so the model keeps its shape (and any non-monotonicity).
+    k = np.array([[5, 7], [8, 9], [6, 12]], dtype=float)
+    np.testing.assert_allclose(cal.dense - cal(k), 0.5 * (plain.dense - plain(k)))
+    again, _, _ = build(tmp_path, calibrate=True)
+    assert calls == [[4, 6]] and again.savings_scale == cal.savings_scale  # read from the cache

@@ -425,12 +425,16 @@ def analyse(runs: list[dict]) -> dict:
                               top1_after_cut=mean_of(rs, "top1_after_cut"))
         paired = {}
         ref = {r["seed"]: r["test_acc"] for r in sel["jointprune"]}
+        ref_kept = {r["seed"]: r.get("kept") for r in sel["jointprune"]}
         for b in BASELINES:
             d = [100 * (ref[r["seed"]] - r["test_acc"]) for r in sel[b] if r["seed"] in ref]
             if d:
                 m, lo, hi = t_interval(d)
                 verdict = "ahead" if lo > 0 else "behind" if hi < 0 else "not separated"
-                paired[b] = dict(n=len(d), mean=m, lo=lo, hi=hi, verdict=verdict, diffs=d)
+                # pairs where jointprune kept exactly the baseline's channel counts: there the
+                # comparison says nothing about the allocation (e.g. a budget near the floor)
+                same = sum(1 for r in sel[b] if r["seed"] in ref and r.get("kept") and r.get("kept") == ref_kept[r["seed"]])
+                paired[b] = dict(n=len(d), mean=m, lo=lo, hi=hi, verdict=verdict, diffs=d, same_allocation=same)
         dense = [100 * r["test_acc"] for r in runs if (r["task"], r["net"], r["method"]) == (task, net, "dense")]
         out["cells"].append(dict(task=task, net=net, budget=budget, methods=methods, paired=paired,
                                  dense_acc=statistics.fmean(dense) if dense else None))
@@ -445,11 +449,13 @@ def markdown(analysis: dict, runs: list[dict]) -> str:
     lines = ["Paired comparison, jointprune minus each baseline, test top-1 points, 95 % Student-t interval over "
              "seeds (same seed = same initial weights and the same training batches; checked by hash, see below). "
              "*ahead*/*behind*: the interval excludes 0.", "",
-             "| task | net | budget | baseline | n | mean Δ | 95 % CI | verdict |", "|---|---|---|---|---|---|---|---|"]
+             "| task | net | budget | baseline | n | mean Δ | 95 % CI | verdict | same allocation |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for c in analysis["cells"]:
         for b, p in c["paired"].items():
             lines.append(f"| {c['task']} | {c['net']} | {c['budget']:g} | {LABELS[b]} | {p['n']} | {p['mean']:+.2f} | "
-                         f"[{fmt(p['lo'], '+.2f')}, {fmt(p['hi'], '+.2f')}] | {p['verdict']} |")
+                         f"[{fmt(p['lo'], '+.2f')}, {fmt(p['hi'], '+.2f')}] | {p['verdict']} | "
+                         f"{p.get('same_allocation', 0)} of {p['n']} |")
     tally = {b: [c["paired"][b]["verdict"] for c in analysis["cells"] if b in c["paired"]] for b in BASELINES}
     lines += ["", "Cells where jointprune is ahead / not separated / behind: " + "; ".join(
         f"vs {LABELS[b]} {v.count('ahead')} / {v.count('not separated')} / {v.count('behind')}"
@@ -507,7 +513,7 @@ def plot(analysis: dict, path: Path) -> None:
         ax.set_xlabel("Δ test top-1 (points), 95 % CI")
         ax.grid(alpha=0.3, axis="x")
     axes[0][0].set_yticks(range(len(cells)), names, fontsize=8)
-    axes[0][0].invert_yaxis()
+    axes[0][0].set_ylim(len(cells) - 0.4, -0.6)  # first cell on top
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -551,7 +557,6 @@ def main() -> None:
         args.tasks, args.nets, args.budgets, args.seeds = PILOT["tasks"], PILOT["nets"], PILOT["budgets"], PILOT["seeds"]
     opts = module_options(args.overrides)
     runs_dir = RESULTS / f"{args.stem}_runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
     jobs = []
     for seed in args.seeds:  # seed outermost: an interrupted run still leaves complete seeds
         for task in args.tasks:
@@ -577,6 +582,7 @@ def main() -> None:
         for j in jobs:
             print("  ", Path(j["path"]).name)
         return
+    runs_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
 
     def save(i: int, result: dict, path: str) -> None:

@@ -56,12 +56,16 @@ def replay_into(net: nn.Module, report: dict, state_dict: dict[str, torch.Tensor
         removed = sorted(set(range(g["dense"])) - set(g["kept_indices"]))
         if removed:
             graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, removed).prune()
-    try:
-        net.load_state_dict(state_dict, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else type(err).__name__
-        raise _error(f"the saved weights do not fit into= after the cut ({first[:200]}); pass a fresh, dense "
-                     "instance of the trained class built with the training run's arguments.") from None
+    own = net.state_dict()
+    unplaced = [k for k in state_dict if k not in own]
+    unsaved = [k for k in own if k not in state_dict]
+    misshaped = [k for k in state_dict if k in own and own[k].shape != state_dict[k].shape]
+    if unplaced or unsaved or misshaped:
+        first = (unplaced or unsaved or misshaped)[0]
+        raise _error(f"into= does not match the saved network after the cut ({len(unplaced)} saved tensors have "
+                     f"no place in it, {len(unsaved)} of its tensors were not saved, {len(misshaped)} differ in "
+                     f"shape; first: {first}); pass a fresh, dense instance built with the training run's arguments.")
+    net.load_state_dict(state_dict, strict=True)
     flops = tp.utils.count_ops_and_params(net, example)[0]
     if report.get("pruned_flops") is not None and flops != report["pruned_flops"]:
         raise _error(f"into= cut to the saved widths counts {flops:,} FLOPs, not the {report['pruned_flops']:,} "

@@ -15,9 +15,13 @@ rebuilt from an allow-list of operators. Folders written by earlier versions (a 
 """
 from __future__ import annotations
 
+import io
 import json
+import os
 import sys
 import tempfile
+import warnings
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import torch
@@ -133,6 +137,32 @@ def export_onnx(module: nn.Module, example_input: torch.Tensor, path: str | Path
     first, torch.export's (dynamo) exporter when that fails. Returns {"file", "exporter", "error"}."""
     path = Path(path)
     failures = []
+    with _quiet():
+        return _export_onnx(module, example_input, path, program, failures)
+
+
+@contextmanager
+def _quiet():
+    """The exporters print graphs and progress (some from C++, straight to the file descriptors);
+    the report says in one sentence what happened instead."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    try:
+        with tempfile.TemporaryFile() as sink, redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def _export_onnx(module, example_input, path, program, failures) -> dict:
     try:
         torch.onnx.export(module, (example_input,), str(path), input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)

@@ -491,3 +491,25 @@ def test_non_persistent_buffers_and_shape_branches_survive(tmp_path):
               "groups": []}
     out = save_pruned(model, tmp_path / "pruned", report, x[:1])
     torch.testing.assert_close(load_pruned(out)(x), model(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["efficientnet_b0", "googlenet", "convnext_tiny", "vgg11_bn"])
+def test_torchvision_networks_reload_with_torch_alone(name, tmp_path):
+    """The networks whose fx export used to need torchvision to load (stochastic depth,
+    GoogLeNet's annotations) reload where torchvision cannot be imported."""
+    import torchvision
+    torch.manual_seed(0)
+    kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
+    model = getattr(torchvision.models, name)(weights=None, num_classes=5, **kwargs).eval()
+    x = torch.randn(2, 3, 64, 64)
+    report = {"dense_flops": 1, "pruned_flops": 1, "flops_budget": 1.0, "dense_params": 1, "pruned_params": 1,
+              "groups": []}
+    out = save_pruned(model, tmp_path / "pruned", report, x[:1])
+    torch.save(x, tmp_path / "x.pt")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-c", BLOCKED_RELOAD, str(out), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(tmp_path / "y.pt"), model(x), rtol=1e-4, atol=1e-4)

@@ -161,6 +161,9 @@ def table_lines(report: dict, dirpath: Path) -> list[str]:
                      "network trained on")
     if base and base.get("test_acc") is not None:
         notes.append(f"baseline: the export at {base.get('path')} ({base.get('flops_ratio', 1.0):.3f} of dense FLOPs)")
+    elif report["pruned_flops"] == report["dense_flops"]:
+        notes.append("this run kept every channel: it is itself a dense baseline for runs of the same config "
+                     "(pass this folder as --model.export.baseline)")
     else:
         notes.append("no dense network was trained to the end; for one, run the same config with "
                      "--model.flops_budget 1.0 --model.agent.policy uniform and pass its export as "

@@ -128,7 +128,7 @@ def test_folder_files_modes_and_strict_json(branchy, branchy_export):
     strict_json(out / "pruned.program.json")
 
 
-def test_the_folder_is_replaced_as_a_unit_or_not_at_all(branchy, branchy_export, tmp_path, monkeypatch):
+def test_the_folder_is_replaced_as_a_unit_or_not_at_all(branchy, branchy_export, tmp_path):
     import shutil
     small, x, report = branchy
     out = tmp_path / "pruned"

@@ -2,6 +2,7 @@
 opening it never runs code from the files."""
 from __future__ import annotations
 
+import ast
 import json
 import os
 import pickle
@@ -513,3 +514,24 @@ def test_torchvision_networks_reload_with_torch_alone(name, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     with torch.no_grad():
         torch.testing.assert_close(torch.load(tmp_path / "y.pt"), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_the_readme_example_runs(tmp_path):
+    """The README's "Use the pruned network" snippet, on an export shaped like the quickstart's."""
+    from jointprune.models import CifarResNet
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("### Use the pruned network"):]
+    code = section[section.index("```python\n") + 10:section.index("```\n", section.index("```python\n") + 10)]
+    torch.manual_seed(0)
+    model = CifarResNet(depth=20, num_classes=10).eval()
+    flops, params = tp.utils.count_ops_and_params(model, torch.zeros(1, 3, 32, 32))
+    report = {"dense_flops": flops, "pruned_flops": flops, "flops_budget": 1.0, "dense_params": params,
+              "pruned_params": params, "groups": [], "input_shape": [3, 32, 32],
+              "normalization": {"mean": [0.3] * 3, "std": [0.3] * 3}, "classes": [str(d) for d in range(10)]}
+    out = save_pruned(model, tmp_path / "pruned", report, torch.zeros(1, 3, 32, 32))
+    code = code.replace('"runs/quickstart/pruned"', repr(str(out)))
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    names = ast.literal_eval(printed.stdout.strip())  # the list of class names the snippet prints
+    assert len(names) == 8 and set(names) <= set(report["classes"])

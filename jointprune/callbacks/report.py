@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ..errors import JointPruneError
+from ..pruning.export import ExportError, load_report
 from ..pruning.masks import eval_mode
 from ..utils.atomic import atomic_write_bytes
 
@@ -85,6 +87,20 @@ def final_report(trainer, pm, dense_arch: nn.Module | None, dense_test_acc: floa
         },
         "history": pm.history,
     }
+
+
+def baseline_summary(path) -> dict | None:
+    """The figures the final table compares against, from `model.export.baseline` (an export
+    folder, e.g. of the same config run dense: flops_budget 1.0, agent.policy uniform)."""
+    if not path:
+        return None
+    try:
+        report = load_report(path)
+    except ExportError as err:
+        raise JointPruneError(f"model.export.baseline={str(path)!r}: {err}") from None
+    ratio = report["pruned_flops"] / report["dense_flops"] if report.get("dense_flops") else None
+    return {"path": str(path), "test_acc": report.get("test_acc"), "val_acc": report.get("val_acc"),
+            "flops_ratio": ratio, "pruned_flops": report.get("pruned_flops")}
 
 
 def flops_shares(flops, kept: list[int]) -> list[float]:

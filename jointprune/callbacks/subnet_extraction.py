@@ -13,8 +13,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from ..errors import JointPruneError
+from ..pruning.export import check_export_dir
 from ..pruning.extract import cut_in_place, prune_keeping_momentum
-from .report import evaluate, final_report, log_width_plot, print_final_table, width_plot_png
+from .report import baseline_summary, evaluate, final_report, log_width_plot, print_final_table, width_plot_png
 
 
 def extract_in_place(pm, optimizer) -> None:
@@ -96,24 +97,8 @@ def export_dir(trainer, pm) -> Path:
 def check_export_setup(trainer, pm) -> None:
     """The export folder must be new or an earlier export (it is replaced as a unit), and a
     baseline, when named, must be a readable export."""
-    from ..pruning.export import check_export_dir
     check_export_dir(export_dir(trainer, pm))
     baseline_summary(pm.export_opts.baseline)
-
-
-def baseline_summary(path) -> dict | None:
-    """The figures the final table compares against, from `model.export.baseline` (an export
-    folder, e.g. of the same config run dense: flops_budget 1.0, agent.policy uniform)."""
-    if not path:
-        return None
-    from ..pruning.export import ExportError, load_report
-    try:
-        report = load_report(path)
-    except ExportError as err:
-        raise JointPruneError(f"model.export.baseline={str(path)!r}: {err}") from None
-    ratio = report["pruned_flops"] / report["dense_flops"] if report.get("dense_flops") else None
-    return {"path": str(path), "test_acc": report.get("test_acc"), "val_acc": report.get("val_acc"),
-            "flops_ratio": ratio, "pruned_flops": report.get("pruned_flops")}
 
 
 def _rewrap_ddp(trainer, pm) -> None:

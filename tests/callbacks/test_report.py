@@ -71,3 +71,27 @@ def test_width_plot_is_a_png_of_fractions():
     png = width_plot_png(report(latency_budget=0.6))
     image = Image.open(io.BytesIO(png))
     assert image.format == "PNG" and image.size[0] >= 600
+
+
+def test_a_bad_export_folder_or_baseline_stops_before_training(tmp_path):
+    from types import SimpleNamespace
+
+    import pytest
+
+    from jointprune.callbacks.subnet_extraction import check_export_setup
+    from jointprune.errors import JointPruneError
+    from jointprune.options import ExportOptions
+
+    def setup(**options):
+        pm = SimpleNamespace(export_opts=ExportOptions(**options), flops_budget=0.5)
+        check_export_setup(SimpleNamespace(default_root_dir=str(tmp_path), logger=None), pm)
+
+    setup(dirpath=str(tmp_path / "new"))  # a new folder is fine
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(JointPruneError, match=r"holds files other than a jointprune export") as exc:
+        setup(dirpath=str(tmp_path / "mine"))
+    assert "\n" not in str(exc.value)
+    with pytest.raises(JointPruneError, match=r"^model\.export\.baseline='.*nowhere': .* is not a jointprune pruned export"):
+        setup(dirpath=str(tmp_path / "new"), baseline=str(tmp_path / "nowhere"))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

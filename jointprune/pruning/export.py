@@ -46,12 +46,13 @@ def is_export_folder(path: Path) -> bool:
     return path.is_dir() and all(p.name in EXPORT_FILES for p in path.iterdir())
 
 
-def check_export_dir(dirpath: str | Path, setting: str = "model.export.dirpath") -> Path:
+def check_export_dir(dirpath: str | Path, setting: str | None = "model.export.dirpath") -> Path:
     """Refuse, before anything is trained or written, a folder that holds other files than an
     export's: replacing it as a unit would delete them."""
     dirpath = Path(dirpath)
     if dirpath.exists() and not is_export_folder(dirpath):
-        raise ExportError(f"{setting}={str(dirpath)!r} exists and holds files other than a jointprune export "
+        what = f"{setting}={str(dirpath)!r}" if setting else f"the export folder {dirpath}"
+        raise ExportError(f"{what} exists and holds files other than a jointprune export "
                           f"({', '.join(sorted(EXPORT_FILES))}); give a new or empty folder.")
     return dirpath
 
@@ -78,7 +79,7 @@ def save_pruned(module: nn.Module, dirpath: str | Path, report: dict, example_in
     missing = [k for k in REQUIRED_KEYS if k not in report]
     if missing:
         raise ExportError(f"the pruned report lacks {', '.join(missing)}; it needs {', '.join(REQUIRED_KEYS)}.")
-    dirpath = check_export_dir(dirpath, "the export folder")
+    dirpath = check_export_dir(dirpath, setting=None)
     from safetensors.torch import save as safetensors_bytes
 
     was_training = module.training

@@ -92,6 +92,9 @@ class RewardOptions:
 class ExportOptions:
     dirpath: Optional[str] = None      # default: <trainer.default_root_dir>/pruned
     onnx: bool = False
+    # an export folder whose test top-1 the final table compares against (e.g. the same config run
+    # dense: flops_budget 1.0, agent.policy uniform) [ours]
+    baseline: Optional[str] = None
 
 
 def resolve_epoch(name: str, value, max_epochs: int) -> int:

@@ -1,6 +1,7 @@
 """SubnetExtraction: freeze the incumbent at `agent_until`, physically prune the CNN at
 `extract_at` (training then continues on the small network, its SGD momentum sliced to the kept
-channels and the LR schedule untouched), and at the end of fit write pruned.pt + pruned.json."""
+channels and the LR schedule untouched), and at the end of fit write the export folder
+(pruned.json, pruned.safetensors, pruned.program.json, widths.png; see pruning/export.py)."""
 from __future__ import annotations
 
 import copy
@@ -12,8 +13,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from ..errors import JointPruneError
+from ..pruning.export import check_export_dir
 from ..pruning.extract import cut_in_place, prune_keeping_momentum
-from .report import evaluate, final_report, log_width_plot, print_final_table, save_width_plot
+from .report import baseline_summary, evaluate, final_report, log_width_plot, print_final_table, width_plot_png
 
 
 def extract_in_place(pm, optimizer) -> None:
@@ -26,9 +28,11 @@ def extract_in_place(pm, optimizer) -> None:
 class SubnetExtraction(L.Callback):
     def __init__(self):
         self.dense_test_acc = None
+        self.pruned_test_acc = None  # the network just cut, before it trains on
         self.dense_arch = None
 
     def on_fit_start(self, trainer, pm) -> None:
+        check_export_setup(trainer, pm)  # a bad export folder or baseline stops before training
         if not pm.extracted:  # an untrained copy of the dense architecture, to time it at the end
             self.dense_arch = copy.deepcopy(pm.cnn).cpu()
 
@@ -45,6 +49,7 @@ class SubnetExtraction(L.Callback):
         extract_in_place(pm, pm.optimizers()[0].optimizer)
         _rewrap_ddp(trainer, pm)
         pm.extracted_at = epoch
+        self.pruned_test_acc = evaluate(pm.cnn, trainer.datamodule.test_dataloader(), pm.device)
         rank_zero_info(f"[jointprune] epoch {epoch}: network physically pruned; training continues on "
                        f"{sum(p.numel() for p in pm.cnn.parameters()):,} parameters")
 
@@ -61,12 +66,16 @@ class SubnetExtraction(L.Callback):
         if not trainer.is_global_zero:
             return
         dirpath = export_dir(trainer, pm)
-        report = final_report(trainer, pm, self.dense_arch, self.dense_test_acc)
+        report = final_report(trainer, pm, self.dense_arch, self.dense_test_acc, self.pruned_test_acc,
+                              baseline_summary(pm.export_opts.baseline))
         from ..pruning import save_pruned
         example = torch.zeros(1, *pm.input_shape, device=pm.device)
-        save_pruned(pm.cnn, dirpath, report, example, onnx=pm.export_opts.onnx)
-        save_width_plot(report, dirpath / "widths.png")
+        save_pruned(pm.cnn, dirpath, report, example, onnx=pm.export_opts.onnx,
+                    extra_files={"widths.png": width_plot_png(report)})
         log_width_plot(trainer, dirpath / "widths.png")
+        onnx_error = (report.get("onnx") or {}).get("error") if pm.export_opts.onnx else None
+        if onnx_error:
+            rank_zero_info(f"[jointprune] {onnx_error[0].upper()}{onnx_error[1:]}")
         pm.export_dir = dirpath
         print_final_table(report, dirpath)
 
@@ -83,6 +92,13 @@ def export_dir(trainer, pm) -> Path:
     except (KeyError, IndexError, ValueError) as err:
         raise JointPruneError(f"model.export.dirpath={template!r} names an unknown field ({err}); "
                               "use {flops_budget}, {latency_budget}, {seed} or {version}.") from None
+
+
+def check_export_setup(trainer, pm) -> None:
+    """The export folder must be new or an earlier export (it is replaced as a unit), and a
+    baseline, when named, must be a readable export."""
+    check_export_dir(export_dir(trainer, pm))
+    baseline_summary(pm.export_opts.baseline)
 
 
 def _rewrap_ddp(trainer, pm) -> None:

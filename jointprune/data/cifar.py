@@ -80,6 +80,7 @@ class _CIFARDataModule(InMemoryDataModule):
         self.num_classes = self.classes_count
         self.input_shape = (3, 32, 32)
         self.classes: list[str] | None = None  # class names, read from the meta file in setup
+        self.preprocess = {"source": "32x32 RGB, values 0..255, divided by 255 to [0, 1]", "resize": None}
 
     def prepare_data(self) -> None:
         """Verify the extracted files' md5s; with ``download=True`` fetch and extract if needed.

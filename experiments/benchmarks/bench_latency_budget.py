@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from jointprune.data import DigitsDataModule  # noqa: E402
+from jointprune.errors import JointPruneError  # noqa: E402
 from jointprune.models import create_model  # noqa: E402
 from jointprune.module import JointPruneModule  # noqa: E402
 from jointprune.options import (AgentOptions, EnvReprOptions, ExportOptions, LatencyOptions,  # noqa: E402
@@ -109,16 +110,22 @@ def main(argv=None) -> None:
     p.add_argument("--runs", type=int, default=11, help="interleaved timing pairs per network (median)")
     p.add_argument("--plot", default=str(ROOT / "experiments/benchmarks/results/bench_latency_budget.png"))
     p.add_argument("--json", default=str(ROOT / "experiments/benchmarks/results/bench_latency_budget.json"))
+    p.add_argument("--extra-rows", help="JSON lines of rows from an earlier run to include in the table and plot")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = []
+    rows = [json.loads(line) for line in Path(args.extra_rows).read_text().splitlines()] if args.extra_rows else []
     with tempfile.TemporaryDirectory() as cache_dir:
         for name in args.models:
             shape = (3, args.resize, args.resize)
             for b in args.budgets:
                 f = matched_flops_budget(name, shape, args.batch, args.threads, cache_dir, b, args.prune_coupled)
                 for seed in args.seeds:
-                    lat_net, lat_rep, _ = run(name, seed, args, cache_dir, latency_budget=b)
+                    try:
+                        lat_net, lat_rep, _ = run(name, seed, args, cache_dir, latency_budget=b)
+                    except JointPruneError as err:  # refused at start: say so in the table, go on
+                        rows.append({"model": name, "budget": b, "seed": seed, "refused": str(err)})
+                        print(json.dumps(rows[-1]), flush=True)
+                        break
                     flo_net, flo_rep, _ = run(name, seed, args, cache_dir, flops_budget=f)
                     dense = make_cnn(name, seed).eval()
                     lat_t = measure_pair(dense, lat_net, shape, CPU, args.batch, args.threads, 1, args.runs)
@@ -139,9 +146,14 @@ def main(argv=None) -> None:
     print("| model | latency budget | measured latency ratio | speed-up (goal >= 0.95/b) | test top-1 "
           "| FLOPs budget f(b) | its measured latency ratio | its test top-1 | latency-budgeted more accurate |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name in args.models:
+    for name in dict.fromkeys(r["model"] for r in rows):
         for b in args.budgets:
             cell = [r for r in rows if r["model"] == name and r["budget"] == b]
+            if not cell:
+                continue
+            if "refused" in cell[0]:
+                print(f"| {name} | {b} | refused at start: {cell[0]['refused']} | | | | | | |")
+                continue
             med = lambda k: statistics.median(r[k] for r in cell)  # noqa: E731
             speed = 1 / med("lat_ratio")
             wins = sum(r["lat_acc"] >= r["flo_acc"] for r in cell)
@@ -155,9 +167,10 @@ def plot(rows, args) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(args.models), figsize=(5 * len(args.models), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], args.models):
-        cell = [r for r in rows if r["model"] == name]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], models):
+        cell = [r for r in rows if r["model"] == name and "refused" not in r]
         ax.scatter([r["lat_ratio"] for r in cell], [r["lat_acc"] for r in cell], label="latency budget", marker="o")
         ax.scatter([r["flo_ratio"] for r in cell], [r["flo_acc"] for r in cell], label="FLOPs budget f(b)", marker="x")
         for b in args.budgets:

@@ -119,7 +119,8 @@ class JointPruneModule(L.LightningModule):
         self.environment = PruningEnvironment(self.structure, self.flops, self.clipper)
         self.plan = MaskPlan(self.structure)
         self.aligner = AlignmentRegularizer(self.structure, per_channel=self.alignment.per_channel,
-                                            squared=self.alignment.squared, include_bn=self.alignment.include_bn)
+                                            squared=self.alignment.squared, include_bn=self.alignment.include_bn,
+                                            weight=self.alignment.weight)
         self.dense_params = sum(p.numel() for p in self.cnn.parameters())
         with torch.no_grad():
             was = self.cnn.training
@@ -193,18 +194,26 @@ class JointPruneModule(L.LightningModule):
         ce = F.cross_entropy(logits, y)
         loss = ce
         masks = self.current_masks()
-        if masks is not None and self.alignment.weight > 0:
-            loss = ce + self.alignment.weight * self.aligner(self.cnn, masks)
+        # fp16 loss scaling scales the gradients: only then the penalty goes through the loss;
+        # otherwise its gradient is added after backward with a few multi-tensor ops (no sync)
+        align_in_loss = masks is not None and self.alignment.weight > 0 and self._grad_scaled()
+        if align_in_loss:
+            loss = ce + self.aligner(self.cnn, masks)
         if not torch.isfinite(loss):
             raise JointPruneError(f"the training loss became {loss.item()} at epoch {self.current_epoch} "
                                   f"(batch {batch_idx}); lower model.optim.lr. Nothing was saved.")
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        if masks is not None and self.alignment.weight > 0 and not align_in_loss:
+            self.aligner.add_grad_(self.cnn, masks)
         opt.step()
         self.train_acc(logits.detach(), y)
         self.log("train/loss", ce.detach(), prog_bar=True, on_step=True, on_epoch=True, sync_dist=False)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss.detach()
+
+    def _grad_scaled(self) -> bool:
+        return "16-mixed" in str(getattr(self.trainer, "precision", "")) and "bf16" not in str(self.trainer.precision)
 
     def configure_callbacks(self):
         from .callbacks import AgentEpisodes, RewardDecoding, SubnetExtraction
@@ -227,9 +236,13 @@ class JointPruneModule(L.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
+        from .pruning.align import removed_mass
+        mass = 0.0 if self.extracted else float(removed_mass(self.cnn, self.structure, self.current_masks()))
+        self.log("prune/removed_mass", mass, sync_dist=False)  # identical on every rank; 0 once cut
         stats = self.epoch_stats
         if not stats:
             return
+        stats["removed_mass"] = mass
         train_seconds = max(getattr(self, "last_batch_end", self.epoch_started) - self.epoch_started, 1e-9)
         stats["agent_time_fraction"] = stats["agent_seconds"] / train_seconds
         stats["epoch"] = self.current_epoch

@@ -241,6 +241,8 @@ class JointPruneModule(L.LightningModule):
         self.log("prune/removed_mass", mass, sync_dist=False)  # identical on every rank; 0 once cut
         stats = self.epoch_stats
         if not stats:
+            if self.current_masks() is not None and self.trainer.is_global_zero:
+                print(f"[jointprune] epoch {self.current_epoch}: removed mass {mass:.3f}", flush=True)
             return
         stats["removed_mass"] = mass
         train_seconds = max(getattr(self, "last_batch_end", self.epoch_started) - self.epoch_started, 1e-9)
@@ -261,7 +263,8 @@ class JointPruneModule(L.LightningModule):
     def print_summary(self, s: dict) -> None:
         line = (f"[jointprune] epoch {s['epoch']}: reward mean {s['reward_mean']:.4f} best {s['reward_best']:.4f} | "
                 f"incumbent {s['incumbent_reward']:.4f} at {s['flops_ratio']:.3f} FLOPs | "
-                f"decoder loss {s.get('decoder_loss', float('nan')):.4g} | agent time {s['agent_time_fraction']:.2f}"
+                f"decoder loss {s.get('decoder_loss', float('nan')):.4g} | agent time {s['agent_time_fraction']:.2f} | "
+                f"removed mass {s.get('removed_mass', float('nan')):.3f}"
                 + (" | random actions" if s.get("random_actions") else ""))
         bar = getattr(self.trainer, "progress_bar_callback", None)
         if self.trainer.is_global_zero:
@@ -358,6 +361,7 @@ class JointPruneModule(L.LightningModule):
             "replay": self.replay.state_dict(),
             "agent_generator": self.agent_generator.get_state(),
             "last_epoch_done": self.last_epoch_done,
+            "cut_stats": getattr(self, "cut_stats", None),
             "rng": self.pending_rng or get_rng_state(),
         }
 
@@ -373,6 +377,8 @@ class JointPruneModule(L.LightningModule):
         self.replay.load_state_dict(state["replay"])
         self.agent_generator.set_state(state["agent_generator"])
         self.last_epoch_done = state["last_epoch_done"]
+        if state.get("cut_stats") is not None:
+            self.cut_stats = state["cut_stats"]
         self.pending_rng = state["rng"]
         if state["extracted"] and not self.extracted:
             # The checkpoint holds the small network's weights: cut the dense CNN to the same

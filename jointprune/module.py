@@ -194,19 +194,24 @@ class JointPruneModule(L.LightningModule):
         ce = F.cross_entropy(logits, y)
         loss = ce
         masks = self.current_masks()
-        # fp16 loss scaling scales the gradients: only then the penalty goes through the loss;
-        # otherwise its gradient is added after backward with a few multi-tensor ops (no sync)
-        align_in_loss = masks is not None and self.alignment.weight > 0 and self._grad_scaled()
-        if align_in_loss:
+        # how the alignment acts: its proximal step after SGD's (default), its gradient added
+        # after backward (a few multi-tensor ops, no sync), or, only under fp16 loss scaling
+        # (which scales the gradients), through the loss
+        align = None
+        if masks is not None and self.alignment.weight > 0:
+            align = "prox" if self.alignment.proximal else "loss" if self._grad_scaled() else "grad"
+        if align == "loss":
             loss = ce + self.aligner(self.cnn, masks)
         if not torch.isfinite(loss):
             raise JointPruneError(f"the training loss became {loss.item()} at epoch {self.current_epoch} "
                                   f"(batch {batch_idx}); lower model.optim.lr. Nothing was saved.")
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        if masks is not None and self.alignment.weight > 0 and not align_in_loss:
+        if align == "grad":
             self.aligner.add_grad_(self.cnn, masks)
         opt.step()
+        if align == "prox":
+            self.aligner.prox_(self.cnn, masks, opt.param_groups[0]["lr"])
         self.train_acc(logits.detach(), y)
         self.log("train/loss", ce.detach(), prog_bar=True, on_step=True, on_epoch=True, sync_dist=False)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)

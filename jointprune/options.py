@@ -31,6 +31,9 @@ class AlignmentOptions:
     # group's removed slices after this fraction of the optimizer steps left before the cut;
     # None: the constant `weight` (the paper). [ours]
     empty_by: Optional[float] = 0.5
+    # True: the penalty's exact proximal step after each SGD step (reaches zero, no oscillation,
+    # not slowed by momentum); False: its gradient goes through SGD with the loss's (the paper). [ours]
+    proximal: bool = True
 
 
 @dataclass

@@ -63,7 +63,8 @@ class AgentEpisodes(L.Callback):
         lr = opt.param_groups[0]["lr"]
         norms = pm.aligner.group_norms(pm.cnn, masks)
         pm.aligner.set_group_weights(deadline_weights(norms, base=a.weight, lr=lr, momentum=pm.optim.momentum,
-                                                      steps_left=int(steps) * epochs_left, empty_by=a.empty_by))
+                                                      steps_left=int(steps) * epochs_left, empty_by=a.empty_by,
+                                                      proximal=a.proximal))
 
     def on_train_epoch_end(self, trainer, pm) -> None:
         epoch = trainer.current_epoch

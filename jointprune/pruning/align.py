@@ -165,6 +165,41 @@ class AlignmentRegularizer(nn.Module):
             torch._foreach_add_([plist[i].grad for i in batch], [grads[i] for i in batch])
         return penalty
 
+    @torch.no_grad()
+    def prox_(self, model: nn.Module, masks: list[torch.Tensor] | None, lr: float) -> None:
+        """The penalty's proximal step after an SGD step of size `lr` (proximal SGD): every
+        removed slice is scaled by max(0, 1 - lr * lambda / norm) (norm per group, or per channel),
+        or by 1 / (1 + 2 lr lambda) for the squared form. Unlike the gradient through momentum it
+        reaches exact zeros and does not oscillate around them. No host synchronisation."""
+        if masks is None:
+            return
+        plan = self.plan_for(model, masks)
+        if plan.empty:
+            return
+        params = dict(model.named_parameters())
+        plist = [params[n] for n in plan.names]
+        lam = self.group_weights(plist[0].device)
+        if self.squared:
+            shrink = (1.0 / (1.0 + 2.0 * lr * lam) - 1.0)[plan.group_of_slice]
+            coefs = shrink.unbind()
+        elif self.per_channel:
+            chan_sq = torch.zeros(plan.total_channels + 1, device=lam.device, dtype=lam.dtype)
+            chan_sq.index_add_(0, torch.cat(plan.chan_index), _channel_sq(torch._foreach_mul(plist, plan.factors), plan.dims))
+            shrink = (1.0 - lr * lam[plan.group_of_channel] / (chan_sq.sqrt() + EPS)).clamp_min(0.0) - 1.0
+            shrink[-1] = 0.0
+            coefs = [shrink[i].view(f.shape) for i, f in zip(plan.chan_index, plan.factors)]
+        else:
+            slice_sq = torch.stack(torch._foreach_norm(torch._foreach_mul(plist, plan.factors))).square()
+            group_sq = torch.zeros(plan.num_groups, device=lam.device, dtype=lam.dtype).index_add_(0, plan.group_of_slice, slice_sq)
+            shrink = ((1.0 - lr * lam / (group_sq.sqrt() + EPS)).clamp_min(0.0) - 1.0)[plan.group_of_slice]
+            coefs = shrink.unbind()
+        # batch by batch (a tensor at most once per batch), so a weight in two removed slices
+        # (a removed row and a removed column) is scaled by both factors
+        for batch in plan.batches:
+            ps = [plist[i] for i in batch]
+            delta = torch._foreach_mul(torch._foreach_mul(ps, [plan.factors[i] for i in batch]), [coefs[i] for i in batch])
+            torch._foreach_add_(ps, delta)
+
     # ------------------------------------------------------------------ differentiable form
     def forward(self, model: nn.Module, masks: list[torch.Tensor] | None) -> torch.Tensor:
         """The penalty as a differentiable tensor (times lambda per group)."""
@@ -211,17 +246,22 @@ class AlignmentRegularizer(nn.Module):
 
 
 def deadline_weights(norms: torch.Tensor, *, base: float, lr: float, momentum: float, steps_left: int,
-                     empty_by: float) -> torch.Tensor:
+                     empty_by: float, proximal: bool = True) -> torch.Tensor:
     """lambda per group so that the pull alone would empty each group's removed slices after
     `empty_by` of the optimizer steps left before the cut, never below `base`.
 
-    With SGD momentum beta and a penalty lambda * ||w|| the removed norm shrinks by about
-    lr * lambda / (1 - beta) per step, so emptying a norm N in n steps takes
-    lambda = N * (1 - beta) / (lr * n). Re-estimated every epoch from the measured norms, so a
-    group the loss holds back gets a stronger pull as the cut comes closer.
+    Proximal: each step shrinks the norm by lr * lambda, so emptying N in n steps takes
+    lambda = N / (lr * n). Gradient through SGD momentum beta, starting from rest: after n steps
+    the norm has moved lr * lambda / (1 - beta) * (n - beta (1 - beta^n) / (1 - beta)).
+    Re-estimated every epoch from the measured norms, so a group the loss holds back gets a
+    stronger pull as the cut comes closer.
     """
-    steps = max(empty_by * max(steps_left, 1) * max(lr, 1e-12), 1e-12)
-    return (norms * (1.0 - momentum) / steps).clamp_min(base)
+    n = empty_by * max(steps_left, 1)
+    if proximal:
+        travel = n
+    else:
+        travel = max(n - momentum * (1.0 - momentum ** n) / (1.0 - momentum), 1.0) / (1.0 - momentum)
+    return (norms / max(lr * travel, 1e-12)).clamp_min(base)
 
 
 @torch.no_grad()

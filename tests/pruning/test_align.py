@@ -263,8 +263,11 @@ def test_deadline_weights_empty_the_group_by_the_deadline():
     norms = torch.tensor([0.0, 1.0, 4.0])
     lam = deadline_weights(norms, base=1e-4, lr=0.1, momentum=0.9, steps_left=100, empty_by=0.5)
     assert lam[0].item() == pytest.approx(1e-4)  # nothing left to pull: the floor
-    # shrink per step lr * lam / (1 - momentum) times 50 steps = the norm
-    assert (0.1 * lam[1:] / 0.1 * 50).tolist() == pytest.approx([1.0, 4.0])
+    assert (0.1 * lam[1:] * 50).tolist() == pytest.approx([1.0, 4.0])  # proximal: lr * lambda per step
+    grad = deadline_weights(norms, base=1e-4, lr=0.1, momentum=0.9, steps_left=100, empty_by=0.5, proximal=False)
+    # through momentum, from rest: 50 steps travel (50 - 0.9 (1 - 0.9^50) / 0.1) / 0.1 lr * lambda
+    travel = (50 - 0.9 * (1 - 0.9 ** 50) / 0.1) / 0.1
+    assert (0.1 * grad[1:] * travel).tolist() == pytest.approx([1.0, 4.0])
 
 
 def test_lean_pull_with_deadline_weights_empties_the_removed_slices():
@@ -274,7 +277,8 @@ def test_lean_pull_with_deadline_weights_empties_the_removed_slices():
     reg = AlignmentRegularizer(st, weight=1e-4)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     start = reg.group_norms(model, masks)
-    reg.set_group_weights(deadline_weights(start, base=1e-4, lr=0.05, momentum=0.9, steps_left=200, empty_by=0.5))
+    reg.set_group_weights(deadline_weights(start, base=1e-4, lr=0.05, momentum=0.9, steps_left=200, empty_by=0.5,
+                                           proximal=False))
     kept = model.conv1.weight[[0, 2]].detach().clone()
     for _ in range(200):
         opt.zero_grad(set_to_none=True)
@@ -282,3 +286,30 @@ def test_lean_pull_with_deadline_weights_empties_the_removed_slices():
         opt.step()
     assert (reg.group_norms(model, masks) < 0.05 * start).all()
     assert torch.equal(model.conv1.weight[[0, 2]], kept)
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(per_channel=True), dict(squared=True)], ids=str)
+def test_proximal_step_empties_only_the_removed_slices_without_sync(opts):
+    model = calibrate_bn(make_model("cifar_resnet20"), (4, 3, 32, 32))
+    st = ChannelStructure(model, torch.randn(1, 3, 32, 32), prune_coupled=True)
+    masks = _random_masks(st)
+    reg = AlignmentRegularizer(st, weight=1e-3, **opts)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    reg.prox_(model, masks, lr=0.1)  # builds the index tensors
+    with _Ops() as ops:
+        reg.prox_(model, masks, lr=0.1)
+    assert ops.syncs == 0
+    assert opts.get("per_channel") or ops.total < 40  # per channel: one reduction per slice
+    removed = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
+    for group, mask in zip(st.groups, masks):
+        for s in group.out_slices + group.in_slices:
+            removed[s.param_name].index_fill_(s.dim, s.local_idx[~mask[s.root_idx]], True)
+    for n, p in model.named_parameters():
+        assert torch.equal(p[~removed[n]], before[n][~removed[n]]), n  # kept weights untouched
+        assert (p[removed[n]].abs() <= before[n][removed[n]].abs() + 1e-7).all(), n
+    if not opts.get("squared"):  # a step as large as the norm: exact zeros, no overshoot
+        reg.set_group_weights(torch.full((len(st),), 1e4))
+        reg.prox_(model, masks, lr=1.0)
+        for n, p in model.named_parameters():
+            assert (p[removed[n]] == 0).all(), n
+        assert removed_mass(model, st, masks).item() == 0.0

@@ -367,6 +367,7 @@ class JointPruneModule(L.LightningModule):
             "agent_generator": self.agent_generator.get_state(),
             "last_epoch_done": self.last_epoch_done,
             "cut_stats": getattr(self, "cut_stats", None),
+            "align_floor": getattr(self, "align_floor", None),
             "rng": self.pending_rng or get_rng_state(),
         }
 
@@ -384,6 +385,7 @@ class JointPruneModule(L.LightningModule):
         self.last_epoch_done = state["last_epoch_done"]
         if state.get("cut_stats") is not None:
             self.cut_stats = state["cut_stats"]
+        self.align_floor = state.get("align_floor")
         self.pending_rng = state["rng"]
         if state["extracted"] and not self.extracted:
             # The checkpoint holds the small network's weights: cut the dense CNN to the same

@@ -62,9 +62,15 @@ class AgentEpisodes(L.Callback):
         opt = pm.optimizers()[0] if isinstance(pm.optimizers(), list) else pm.optimizers()
         lr = opt.param_groups[0]["lr"]
         norms = pm.aligner.group_norms(pm.cnn, masks)
-        pm.aligner.set_group_weights(deadline_weights(norms, base=a.weight, lr=lr, momentum=pm.optim.momentum,
-                                                      steps_left=int(steps) * epochs_left, empty_by=a.empty_by,
-                                                      proximal=a.proximal))
+        lam = deadline_weights(norms, base=a.weight, lr=lr, momentum=pm.optim.momentum,
+                               steps_left=int(steps) * epochs_left, empty_by=a.empty_by, proximal=a.proximal)
+        # Channels already emptied measure ~0 and would get only the floor, and the loss regrows
+        # them: while the removed channels stay the same, lambda never goes down.
+        last = getattr(pm, "align_floor", None)  # checkpointed by the module, so resume is exact
+        if last is not None and all(torch.equal(m.cpu(), o) for m, o in zip(masks, last["masks"])):
+            lam = torch.maximum(lam, last["lam"].to(lam.device))
+        pm.align_floor = {"masks": [m.detach().cpu() for m in masks], "lam": lam.detach().cpu()}
+        pm.aligner.set_group_weights(lam)
 
     def on_train_epoch_end(self, trainer, pm) -> None:
         epoch = trainer.current_epoch

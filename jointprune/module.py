@@ -119,7 +119,8 @@ class JointPruneModule(L.LightningModule):
         self.environment = PruningEnvironment(self.structure, self.flops, self.clipper)
         self.plan = MaskPlan(self.structure)
         self.aligner = AlignmentRegularizer(self.structure, per_channel=self.alignment.per_channel,
-                                            squared=self.alignment.squared, include_bn=self.alignment.include_bn)
+                                            squared=self.alignment.squared, include_bn=self.alignment.include_bn,
+                                            weight=self.alignment.weight)
         self.dense_params = sum(p.numel() for p in self.cnn.parameters())
         with torch.no_grad():
             was = self.cnn.training
@@ -193,18 +194,31 @@ class JointPruneModule(L.LightningModule):
         ce = F.cross_entropy(logits, y)
         loss = ce
         masks = self.current_masks()
+        # how the alignment acts: its proximal step after SGD's (default), its gradient added
+        # after backward (a few multi-tensor ops, no sync), or, only under fp16 loss scaling
+        # (which scales the gradients), through the loss
+        align = None
         if masks is not None and self.alignment.weight > 0:
-            loss = ce + self.alignment.weight * self.aligner(self.cnn, masks)
+            align = "prox" if self.alignment.proximal else "loss" if self._grad_scaled() else "grad"
+        if align == "loss":
+            loss = ce + self.aligner(self.cnn, masks)
         if not torch.isfinite(loss):
             raise JointPruneError(f"the training loss became {loss.item()} at epoch {self.current_epoch} "
                                   f"(batch {batch_idx}); lower model.optim.lr. Nothing was saved.")
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        if align == "grad":
+            self.aligner.add_grad_(self.cnn, masks)
         opt.step()
+        if align == "prox":
+            self.aligner.prox_(self.cnn, masks, opt.param_groups[0]["lr"])
         self.train_acc(logits.detach(), y)
         self.log("train/loss", ce.detach(), prog_bar=True, on_step=True, on_epoch=True, sync_dist=False)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss.detach()
+
+    def _grad_scaled(self) -> bool:
+        return "16-mixed" in str(getattr(self.trainer, "precision", "")) and "bf16" not in str(self.trainer.precision)
 
     def configure_callbacks(self):
         from .callbacks import AgentEpisodes, RewardDecoding, SubnetExtraction
@@ -227,9 +241,15 @@ class JointPruneModule(L.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
+        from .pruning.align import removed_mass
+        mass = 0.0 if self.extracted else float(removed_mass(self.cnn, self.structure, self.current_masks()))
+        self.log("prune/removed_mass", mass, sync_dist=False)  # identical on every rank; 0 once cut
         stats = self.epoch_stats
         if not stats:
+            if self.current_masks() is not None and self.trainer.is_global_zero:
+                print(f"[jointprune] epoch {self.current_epoch}: removed mass {mass:.3f}", flush=True)
             return
+        stats["removed_mass"] = mass
         train_seconds = max(getattr(self, "last_batch_end", self.epoch_started) - self.epoch_started, 1e-9)
         stats["agent_time_fraction"] = stats["agent_seconds"] / train_seconds
         stats["epoch"] = self.current_epoch
@@ -248,7 +268,8 @@ class JointPruneModule(L.LightningModule):
     def print_summary(self, s: dict) -> None:
         line = (f"[jointprune] epoch {s['epoch']}: reward mean {s['reward_mean']:.4f} best {s['reward_best']:.4f} | "
                 f"incumbent {s['incumbent_reward']:.4f} at {s['flops_ratio']:.3f} FLOPs | "
-                f"decoder loss {s.get('decoder_loss', float('nan')):.4g} | agent time {s['agent_time_fraction']:.2f}"
+                f"decoder loss {s.get('decoder_loss', float('nan')):.4g} | agent time {s['agent_time_fraction']:.2f} | "
+                f"removed mass {s.get('removed_mass', float('nan')):.3f}"
                 + (" | random actions" if s.get("random_actions") else ""))
         bar = getattr(self.trainer, "progress_bar_callback", None)
         if self.trainer.is_global_zero:
@@ -345,6 +366,8 @@ class JointPruneModule(L.LightningModule):
             "replay": self.replay.state_dict(),
             "agent_generator": self.agent_generator.get_state(),
             "last_epoch_done": self.last_epoch_done,
+            "cut_stats": getattr(self, "cut_stats", None),
+            "align_floor": getattr(self, "align_floor", None),
             "rng": self.pending_rng or get_rng_state(),
         }
 
@@ -360,6 +383,9 @@ class JointPruneModule(L.LightningModule):
         self.replay.load_state_dict(state["replay"])
         self.agent_generator.set_state(state["agent_generator"])
         self.last_epoch_done = state["last_epoch_done"]
+        if state.get("cut_stats") is not None:
+            self.cut_stats = state["cut_stats"]
+        self.align_floor = state.get("align_floor")
         self.pending_rng = state["rng"]
         if state["extracted"] and not self.extracted:
             # The checkpoint holds the small network's weights: cut the dense CNN to the same

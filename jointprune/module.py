@@ -140,7 +140,8 @@ class JointPruneModule(L.LightningModule):
         self.epochs = self.resolve_schedule(max_epochs)
         self.sac = SoftActorCritic(STATE_DIM, self.env_opts.dim, max_action=self.pruning.max_ratio,
                                    hidden=(self.agent_opts.hidden,) * 2, alpha=self.agent_opts.alpha,
-                                   gamma=self.agent_opts.gamma, tau=self.agent_opts.tau)
+                                   gamma=self.agent_opts.gamma, tau=self.agent_opts.tau,
+                                   return_weight=self.agent_opts.return_weight)
         self.env_repr = EnvironmentRepresentation(max_epochs, self.env_opts.dim, fixed=not self.env_opts.enabled)
         self.decoder = RewardDecoder(STATE_DIM, 1, self.env_opts.dim, hidden=(self.agent_opts.hidden,) * 2)
         self.replay = ReplayBuffer(self.agent_opts.replay_capacity, STATE_DIM, 1)

@@ -112,13 +112,13 @@ class Landscape:
 
 
 def run_agent(env, reward, agent_opts: AgentOptions, env_opts: EnvReprOptions, epochs: int, seed: int,
-              deterministic_episode: bool = True) -> dict:
+              deterministic_episode: bool = True, verbose: bool = False) -> dict:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     h = (agent_opts.hidden,) * 2
     max_ratio = env.clipper.rule.max_ratio
     sac = SoftActorCritic(STATE_DIM, env_opts.dim, max_action=max_ratio, hidden=h, alpha=agent_opts.alpha,
-                          gamma=agent_opts.gamma, tau=agent_opts.tau)
+                          gamma=agent_opts.gamma, tau=agent_opts.tau, return_weight=agent_opts.return_weight)
     env_repr = EnvironmentRepresentation(epochs, env_opts.dim, fixed=not env_opts.enabled)
     decoder = RewardDecoder(STATE_DIM, 1, env_opts.dim, hidden=h)
     replay = ReplayBuffer(agent_opts.replay_capacity, STATE_DIM, 1)
@@ -147,6 +147,9 @@ def run_agent(env, reward, agent_opts: AgentOptions, env_opts: EnvReprOptions, e
             replay.add(ep.states, ep.actions[:, None], rew, ep.next_states, ep.dones, torch.full((n,), t, dtype=torch.long))
             best = max(best, r)
         curve.append(best)
+        if verbose:
+            print(f"    seed {seed} epoch {t}: best {best:.4f} policy mean {det_rewards[-1] if det_rewards else float('nan'):.4f}",
+                  flush=True)
         update_phase(sac, env_repr, decoder, replay, actor_opt, critic_opt, env_opt, agent_opts, env_opts, gen)
     return {"best": best, "curve": curve, "det_last": det_rewards[-1] if det_rewards else float("nan")}
 
@@ -184,6 +187,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.5)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=30, help="agent epochs (x episodes_per_epoch = evaluations)")
+    ap.add_argument("--verbose", action="store_true", help="print the best-so-far after every agent epoch")
     ap.add_argument("--no-deterministic", action="store_true", help="no policy-mean episode per epoch")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="override AgentOptions fields (env.KEY for EnvReprOptions)")
@@ -202,7 +206,8 @@ def main() -> None:
             t0 = time.perf_counter()
             sac, rnd, det = [], [], []
             for seed in range(args.seeds):
-                out = run_agent(env, land, agent_opts, env_opts, args.epochs, seed, not args.no_deterministic)
+                out = run_agent(env, land, agent_opts, env_opts, args.epochs, seed, not args.no_deterministic,
+                                args.verbose)
                 sac.append(out["best"])
                 det.append(out["det_last"])
                 rnd.append(random_search(env, land, evals, seed))

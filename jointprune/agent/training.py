@@ -6,10 +6,59 @@ benchmark measures exactly the code a run executes.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from .env_repr import EnvironmentRepresentation, RewardDecoder, fit_decoder
 from .replay import ReplayBuffer
 from .sac import SoftActorCritic
+
+
+class RewardNormalizer:
+    """Rewards as the agent sees them: (reward - baseline) / scale, from the buffer's episodes.
+
+    Rewards are accuracies: their spread between sub-networks is a few hundredths, far below the
+    fixed entropy weight's scale (alpha = 0.1 on log-densities of order 1 per step, summed over
+    the episode's L steps), so unscaled the entropy term dominates and the policy stays near
+    uniform noise. Standardising makes alpha mean the same on every task. AMC subtracts a moving
+    baseline; here the baseline is the mean finished-episode reward, over the whole buffer
+    ("global") or per agent epoch ("epoch": removes the drift of accuracy as the CNN trains, but
+    also the policy's own improvement), and scale the standard deviation around it.
+    mode "none" leaves rewards as they are.
+    """
+
+    def __init__(self, replay: ReplayBuffer, mode: str = "global", min_scale: float = 1e-3):
+        if mode not in ("global", "epoch", "none"):
+            raise ValueError(f"reward normalisation must be 'global', 'epoch' or 'none', got {mode!r}.")
+        self.mode = mode
+        term = replay.terminal_indices()
+        if mode == "none" or term.numel() == 0:
+            self.baseline, self.scale, self.mode = torch.zeros(1), 1.0, "none"
+            return
+        r, e = replay.reward[term].double(), replay.epoch[term]
+        if mode == "global":
+            self.baseline = r.mean().reshape(1)
+            dev = r - self.baseline
+        else:
+            n = int(e.max()) + 1
+            count = torch.bincount(e, minlength=n).double()
+            self.baseline = torch.bincount(e, weights=r, minlength=n) / count.clamp(min=1)
+            dev = r - self.baseline[e]
+        self.scale = max(float(dev.pow(2).mean().sqrt()), float(min_scale))
+        self.baseline = self.baseline.float()
+
+    def _base(self, epoch: Tensor) -> Tensor:
+        b = self.baseline.to(epoch.device)
+        return b[0].expand(epoch.shape) if self.mode != "epoch" else b[epoch.clamp(max=len(b) - 1)]
+
+    def __call__(self, batch: dict, gamma: float) -> dict:
+        """The batch with normalised "reward" and the observed discounted "return" (NaN if unknown)."""
+        base = self._base(batch["epoch"])
+        out = dict(batch)
+        out["reward"] = (batch["reward"] - batch["done"] * base) / self.scale
+        to_go = batch["to_go"]
+        ret = gamma ** to_go.clamp(min=0).float() * (batch["final_reward"] - base) / self.scale
+        out["return"] = torch.where(to_go >= 0, ret, torch.full_like(ret, float("nan")))
+        return out
 
 
 def update_phase(sac: SoftActorCritic, env_repr: EnvironmentRepresentation, decoder: RewardDecoder,
@@ -24,9 +73,10 @@ def update_phase(sac: SoftActorCritic, env_repr: EnvironmentRepresentation, deco
                             batch_size=env_opts.batch_size, generator=generator)
     losses = []
     if len(replay) >= agent_opts.batch_size:
+        normalize = RewardNormalizer(replay, agent_opts.reward_normalization, agent_opts.reward_scale_floor)
         device = next(sac.parameters()).device
         for _ in range(agent_opts.sac_updates):
-            batch = replay.sample(agent_opts.batch_size, generator=generator)
+            batch = normalize(replay.sample(agent_opts.batch_size, generator=generator), sac.gamma)
             with torch.no_grad():
                 z = env_repr.z_many(batch["epoch"].to(device)).detach()
             out = sac.update(batch, z, z, actor_opt, critic_opt, generator=generator)

@@ -22,6 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .agent import EnvironmentRepresentation, ReplayBuffer, RewardDecoder, SoftActorCritic
 from .agent.episode import STATE_DIM, PruningEnvironment
+from .agent.training import check_agent_options
 from .errors import JointPruneError
 from .options import (AgentOptions, AlignmentOptions, PruningOptions, EnvReprOptions, ExportOptions,
                       OptimOptions, RewardOptions, ScheduleOptions, resolve_epoch)
@@ -138,6 +139,7 @@ class JointPruneModule(L.LightningModule):
             return
         max_epochs = max(int(self.trainer.max_epochs or 1), 1)
         self.epochs = self.resolve_schedule(max_epochs)
+        check_agent_options(self.agent_opts)
         self.sac = SoftActorCritic(STATE_DIM, self.env_opts.dim, max_action=self.pruning.max_ratio,
                                    hidden=(self.agent_opts.hidden,) * 2, alpha=self.agent_opts.alpha,
                                    gamma=self.agent_opts.gamma, tau=self.agent_opts.tau,

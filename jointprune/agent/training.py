@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import JointPruneError
 from .env_repr import EnvironmentRepresentation, RewardDecoder, fit_decoder
 from .replay import ReplayBuffer
 from .sac import SoftActorCritic
@@ -59,6 +60,17 @@ class RewardNormalizer:
         ret = gamma ** to_go.clamp(min=0).float() * (batch["final_reward"] - base) / self.scale
         out["return"] = torch.where(to_go >= 0, ret, torch.full_like(ret, float("nan")))
         return out
+
+
+def check_agent_options(opts) -> None:
+    """Reject agent settings the update phase cannot use, before training starts."""
+    if opts.reward_normalization not in ("global", "epoch", "none"):
+        raise JointPruneError(f"model.agent.reward_normalization must be 'global', 'epoch' or 'none', "
+                              f"got {opts.reward_normalization!r}.")
+    if not opts.reward_scale_floor > 0:
+        raise JointPruneError(f"model.agent.reward_scale_floor must be positive, got {opts.reward_scale_floor}.")
+    if not 0.0 <= opts.return_weight <= 1.0:
+        raise JointPruneError(f"model.agent.return_weight must be in [0, 1], got {opts.return_weight}.")
 
 
 def update_phase(sac: SoftActorCritic, env_repr: EnvironmentRepresentation, decoder: RewardDecoder,

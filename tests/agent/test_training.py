@@ -121,3 +121,12 @@ def test_sac_beats_random_search_with_the_same_evaluations():
     print(results)
     assert all(math.isfinite(b) for b, _ in results)
     assert all(b > r + 0.02 for b, r in results), results
+
+
+@pytest.mark.parametrize("field,value", [("reward_normalization", "median"), ("reward_scale_floor", 0.0),
+                                         ("return_weight", -0.1)])
+def test_bad_agent_options_are_one_clear_error(field, value):
+    from jointprune.agent.training import check_agent_options
+    from jointprune.errors import JointPruneError
+    with pytest.raises(JointPruneError, match=f"model.agent.{field}"):
+        check_agent_options(AgentOptions(**{field: value}))

@@ -186,6 +186,7 @@ def main() -> None:
     ap.add_argument("--landscapes", nargs="+", default=list(LANDSCAPES))
     ap.add_argument("--budget", type=float, default=0.5)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
     ap.add_argument("--epochs", type=int, default=30, help="agent epochs (x episodes_per_epoch = evaluations)")
     ap.add_argument("--verbose", action="store_true", help="print the best-so-far after every agent epoch")
     ap.add_argument("--no-deterministic", action="store_true", help="no policy-mean episode per epoch")
@@ -205,7 +206,7 @@ def main() -> None:
             land = Landscape(name, env)
             t0 = time.perf_counter()
             sac, rnd, det = [], [], []
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 out = run_agent(env, land, agent_opts, env_opts, args.epochs, seed, not args.no_deterministic,
                                 args.verbose)
                 sac.append(out["best"])

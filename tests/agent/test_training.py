@@ -91,7 +91,7 @@ def test_sac_beats_random_search_with_the_same_evaluations():
     agent = AgentOptions(episodes_per_epoch=5, sac_updates=40, hidden=64, random_epochs=1)
     envo = EnvReprOptions(dim=8, decoder_steps=10)
     epochs, results = 8, []
-    for seed in range(3):
+    for seed in range(2):  # fixed seeds: deterministic; the margin keeps it robust to small numeric drift
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         sac = SoftActorCritic(STATE_DIM, envo.dim, hidden=(64, 64), return_weight=agent.return_weight)

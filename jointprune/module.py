@@ -22,6 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .agent import EnvironmentRepresentation, ReplayBuffer, RewardDecoder, SoftActorCritic
 from .agent.episode import STATE_DIM, PruningEnvironment
+from .agent.training import check_agent_options
 from .errors import JointPruneError
 from .options import (AgentOptions, AlignmentOptions, PruningOptions, EnvReprOptions, ExportOptions,
                       OptimOptions, RewardOptions, ScheduleOptions, resolve_epoch)
@@ -139,9 +140,11 @@ class JointPruneModule(L.LightningModule):
             return
         max_epochs = max(int(self.trainer.max_epochs or 1), 1)
         self.epochs = self.resolve_schedule(max_epochs)
+        check_agent_options(self.agent_opts)
         self.sac = SoftActorCritic(STATE_DIM, self.env_opts.dim, max_action=self.pruning.max_ratio,
                                    hidden=(self.agent_opts.hidden,) * 2, alpha=self.agent_opts.alpha,
-                                   gamma=self.agent_opts.gamma, tau=self.agent_opts.tau)
+                                   gamma=self.agent_opts.gamma, tau=self.agent_opts.tau,
+                                   return_weight=self.agent_opts.return_weight)
         self.env_repr = EnvironmentRepresentation(max_epochs, self.env_opts.dim, fixed=not self.env_opts.enabled)
         self.decoder = RewardDecoder(STATE_DIM, 1, self.env_opts.dim, hidden=(self.agent_opts.hidden,) * 2)
         self.replay = ReplayBuffer(self.agent_opts.replay_capacity, STATE_DIM, 1)

@@ -73,6 +73,13 @@ class AgentOptions:
     tau: float = 0.005
     hidden: int = 300
     replay_capacity: int = 100_000
+    # Rewards standardised before SAC sees them (jointprune/agent/training.py RewardNormalizer):
+    # "global" (mean/std of the buffer's episode rewards), "epoch" (per-epoch baseline) or "none".
+    reward_normalization: Literal["global", "epoch", "none"] = "global"
+    reward_scale_floor: float = 1e-3   # smallest std the rewards are divided by
+    # Critic target = return_weight x the episode's observed discounted return + the rest x the
+    # soft TD target (the reward arrives only at the episode's end; see SoftActorCritic.update).
+    return_weight: float = 0.5
 
 
 @dataclass

@@ -105,7 +105,7 @@ class FlopsModel:
     def _fit(model: nn.Module, structure: ChannelStructure, x: torch.Tensor) -> Quadratic:
         # Surgery happens on a copy, so the live model stays untouched.
         probe = copy.deepcopy(model)
-        probe_structure = ChannelStructure(probe, x, prune_coupled=structure.prune_coupled)
+        probe_structure = ChannelStructure(probe, x, prune_coupled=structure.prune_coupled, quiet=True)
         base = _record_calls(probe, x)
         names = [g.name for g in structure.groups]
         if [g.name for g in probe_structure.groups] != names:
@@ -118,14 +118,19 @@ class FlopsModel:
         for g, name in enumerate(names):
             root = probe_modules[name]
             fn = probe_structure.graph.get_pruner_of_module(root).prune_out_channels
-            last = probe_structure.graph.get_out_channels(root) - 1
-            probe_structure.graph.get_pruning_group(root, fn, [last]).prune()
+            # One step: the last channel of each segment (a grouped conv keeps equal conv groups,
+            # and removing the same offset everywhere is what torch-pruning's surgery supports).
+            multiple = structure.groups[g].multiple
+            segment = probe_structure.graph.get_out_channels(root) // multiple
+            step = [segment * (j + 1) - 1 for j in range(multiple)]
+            probe_structure.graph.get_pruning_group(root, fn, step).prune()
             now = [_quantities(c) for c in _record_calls(probe, x)]
             if len(now) != len(prev):
                 raise StructureError("the network's forward pass changed its layer calls after pruning; "
                                      "jointprune needs a static forward pass.")
-            # One channel fewer in group g changes each quantity by -w_g.
-            deltas.append([{k: prev[i][k] - now[i][k] for k in prev[i]} for i in range(len(now))])
+            # One channel fewer in group g changes each quantity by -w_g: every count is affine in
+            # the kept channels, so a step of `multiple` channels changes it by multiple x w_g.
+            deltas.append([{k: (prev[i][k] - now[i][k]) / multiple for k in prev[i]} for i in range(len(now))])
             prev = now
 
         def affine(i: int, key: str) -> Affine:

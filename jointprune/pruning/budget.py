@@ -30,19 +30,22 @@ class KeepRule:
         if self.min_channels < 1 or self.round_to < 1:
             raise JointPruneError(f"min_channels and round_to must be at least 1, got {self.min_channels} and {self.round_to}.")
 
-    def keep(self, size: int, ratio: float) -> int:
+    def keep(self, size: int, ratio: float, multiple: int = 1) -> int:
         """Channels kept when `ratio` of `size` is removed, after rounding up to the rule."""
         if not math.isfinite(ratio):
             raise JointPruneError(f"the agent proposed a non-finite pruning ratio ({ratio}); the actor has diverged, "
                                   "lower model.agent.actor_lr.")
         kept = size - math.floor(min(max(ratio, 0.0), self.max_ratio) * size + 1e-9)
-        return int(self.candidates(size)[np.searchsorted(self.candidates(size), kept)])
+        cands = self.candidates(size, multiple)
+        return int(cands[min(np.searchsorted(cands, kept), len(cands) - 1)])
 
-    def candidates(self, size: int) -> np.ndarray:
+    def candidates(self, size: int, multiple: int = 1) -> np.ndarray:
         """Every kept count this rule allows for a group of `size` channels, ascending."""
         fewest = size - math.floor(self.max_ratio * size + 1e-9)
         fewest = min(size, max(fewest, self.min_channels))
         counts = [k for k in range(fewest, size + 1) if k % self.round_to == 0 or k == size]
+        if multiple > 1:  # TEMP until the clip helper's version: grouped-conv segments
+            counts = [k for k in range(multiple, size + 1, multiple) if k >= fewest or k == size] or [size]
         return np.asarray(counts, dtype=np.int64)
 
 
@@ -54,7 +57,8 @@ class BudgetClipper:
         self.budget = check_budget(budget)
         self.limit = self.budget * flops.dense
         self.sizes = [int(n) for n in flops.sizes]
-        self.candidates = [rule.candidates(n) for n in self.sizes]
+        self.multiples = [getattr(g, "multiple", 1) for g in flops.structure.groups]
+        self.candidates = [rule.candidates(n, m) for n, m in zip(self.sizes, self.multiples)]
         self.fewest = np.array([c[0] for c in self.candidates], dtype=np.float64)
         smallest = self.flops(self.fewest)
         if not self._fits(smallest):
@@ -85,7 +89,7 @@ class BudgetClipper:
         l = len(kept_so_far)
         size = self.sizes[l]
         fewest, most = self.bounds(kept_so_far)
-        kept = min(max(self.rule.keep(size, ratio), fewest), most)
+        kept = min(max(self.rule.keep(size, ratio, self.multiples[l]), fewest), most)
         return kept, 1.0 - kept / size, 1.0 - most / size, 1.0 - fewest / size
 
     def check(self, kept) -> float:

@@ -92,6 +92,7 @@ class RewardOptions:
 class ExportOptions:
     dirpath: Optional[str] = None      # default: <trainer.default_root_dir>/pruned
     onnx: bool = False
+    check_at_start: bool = True        # check before epoch 0 that torch.export captures the dense CNN [ours]
 
 
 def resolve_epoch(name: str, value, max_epochs: int) -> int:

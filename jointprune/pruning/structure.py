@@ -253,7 +253,10 @@ class ChannelStructure:
                         built.out_slices.append(s)
                         if pname == "weight":
                             (built.bn_slices if isinstance(module, BATCHNORM) else built.filter_slices).append(s)
-            elif dep.handler in IN_FNS and isinstance(module, CONV_LINEAR) and not _is_depthwise(module):
+            # A grouped conv's weight holds in_channels / groups columns, and input channel c is
+            # column c % (in_channels / groups) of its own conv group's filters only: no plain slice
+            # of the weight, so it gets none (the masks and importance use the produced slices).
+            elif dep.handler in IN_FNS and isinstance(module, CONV_LINEAR) and getattr(module, "groups", 1) == 1:
                 dim = 0 if getattr(module, "transposed", False) else 1
                 built.in_slices.append(ParamSlice(self.param_names[id(module.weight)], dim, local, root_idx))
         return built

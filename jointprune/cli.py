@@ -34,8 +34,9 @@ class JointPruneCLI(LightningCLI):
         # instantiate_classes.
 
     def instantiate_classes(self) -> None:
-        """Build the DataModule first, so that its `num_classes` can go into the CNN's arguments
-        (or contradict them, in one sentence) before the CNN is built."""
+        """Build the DataModule once beforehand, so that its `num_classes` can go into the CNN's
+        arguments (or contradict them, in one sentence) before the CNN is built. DataModules only
+        list their data in __init__ (loading is in setup), so the extra instance is cheap."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         spec = config.get("data")
         if not (isinstance(spec, Namespace) and "class_path" in spec):
@@ -45,11 +46,7 @@ class JointPruneCLI(LightningCLI):
         cnn = config.get("model.cnn")
         if isinstance(cnn, Namespace) and getattr(data, "num_classes", None) is not None:
             _fill_num_classes(cnn, int(data.num_classes))
-        config.data = data  # jsonargparse keeps an instance as it is (and applies the links from it)
-        try:
-            super().instantiate_classes()
-        finally:
-            config.data = spec  # the saved config.yaml names the data, not an object
+        super().instantiate_classes()
 
 
 def _instantiate(spec: Namespace):

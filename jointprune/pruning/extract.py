@@ -67,6 +67,7 @@ def extract_subnetwork(model: nn.Module, structure: ChannelStructure, masks: lis
     # Build the dependency graph of the copy; groups are matched to the live ones by root name.
     copy_structure = ChannelStructure(small, example, prune_coupled=structure.prune_coupled, quiet=True)
     live = {g.name: i for i, g in enumerate(structure.groups)}
+    copy_structure.groups = [g for g in copy_structure.groups if g.name in live]  # some may have been left dense
     cut_in_place(copy_structure, [masks[live[g.name]] for g in copy_structure.groups])
     small.train(was_training)
     return small

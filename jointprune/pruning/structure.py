@@ -296,6 +296,18 @@ class ChannelStructure:
             return None
         return multiple
 
+    def leave_dense(self, index: int, template: str) -> None:
+        """Drop group `index` (found unprunable after the trace) and say why; "{names}" in
+        `template` becomes its layer's name."""
+        group = self.groups.pop(index)
+        for i, g in enumerate(self.groups):
+            g.index = i
+        self._leave_dense(template, group.name)
+        log.warning("jointprune: %s.", template.format(names=_names([group.name], "layer")))
+        if not self.groups:
+            raise StructureError(f"{type(self.model).__name__} has no prunable channel group left: "
+                                 + template.format(names=_names([group.name], "layer")) + ".")
+
     def _leave_dense(self, template: str, layer: str) -> None:
         self._dense.setdefault(template, []).append(layer)
 

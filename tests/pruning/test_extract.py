@@ -241,3 +241,18 @@ def test_extract_rejects_bad_masks():
     st = ChannelStructure(model, torch.randn(1, 3, 32, 32))
     with pytest.raises(MaskError, match="expected one mask per prunable group"):
         extract_subnetwork(model, st, full_masks(st)[:3])
+
+
+def test_grouped_conv_keeps_different_offsets_per_conv_group():
+    """Top-k within each conv group may keep different input offsets in each: the extracted grouped
+    conv gathers each conv group's own columns, so masked and extracted outputs agree."""
+    model = calibrate_bn(BranchyCNN(), (8, 3, 16, 16))
+    x = torch.randn(4, 3, 16, 16)
+    st = ChannelStructure(model, x[:1])
+    masks = full_masks(st)
+    pw = next(g for g in st.groups if g.name == "pw.0")
+    masks[pw.index] = torch.tensor([1, 0, 1, 1, 0, 1, 1, 1] + [0, 1, 1, 1, 1, 1, 0, 1], dtype=torch.bool)
+    small = extract_subnetwork(model, st, masks)
+    assert small.grouped[0].in_channels == 12 and small.grouped[0].weight.shape[1] == 6
+    with torch.no_grad():
+        assert torch.allclose(MaskPlan(st).forward(model, x, masks), small(x), atol=1e-5)

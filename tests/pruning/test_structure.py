@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from jointprune.pruning import ChannelStructure, StructureError
+from jointprune.pruning import ChannelStructure, FlopsModel, MaskPlan, StructureError, extract_subnetwork, full_masks
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pruning_helpers import AddNet, BranchyCNN, ConvNet, image_size, make_model, one_sentence, one_thread  # noqa: E402,F401
@@ -198,3 +198,40 @@ def test_residual_only_model_needs_prune_coupled():
     assert one_sentence(str(exc.value))
     st = ChannelStructure(model, torch.randn(1, 1, 8, 8), prune_coupled=True)
     assert len(st) == 1 and st.groups[0].residual and _owners(st.groups[0]) == {"a", "b"}
+
+
+class ShuffleNetLike(nn.Module):
+    """ShuffleNetV2's unit: split, a conv branch, concat, channel shuffle (view-transpose-view)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.expand = nn.Conv2d(4, 6, 1)
+        self.project = nn.Conv2d(6, 4, 1)
+        self.head = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        a, b = x.chunk(2, dim=1)
+        x = torch.cat([a, self.project(torch.relu(self.expand(b)))], 1)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        return self.fc(torch.relu(self.head(x)).mean((2, 3)))
+
+
+def test_channel_shuffle_leaves_the_groups_torch_pruning_mismaps_dense_and_says_so(caplog):
+    """torch-pruning maps this unit's channels through chunk + shuffle wrongly (silently): the FLOPs
+    model's probe, which cuts each group and compares with the masked network, catches it."""
+    model = ShuffleNetLike().eval()
+    x = torch.randn(2, 3, 8, 8)
+    st = ChannelStructure(model, x[:1])
+    with caplog.at_level("WARNING", logger="jointprune"):
+        fm = FlopsModel(st)
+    assert [g.name for g in st.groups] == ["expand", "head"] and fm.sizes.tolist() == [6, 8]
+    (reason,) = st.dense_reasons
+    assert "'project'" in reason and "stay dense" in reason and one_sentence(reason) and reason in caplog.text
+    masks = full_masks(st)
+    masks[0][1] = masks[1][3] = False
+    with torch.no_grad():
+        assert torch.allclose(MaskPlan(st).forward(model, x, masks), extract_subnetwork(model, st, masks)(x), atol=1e-6)

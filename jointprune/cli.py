@@ -11,12 +11,12 @@ Errors of ours (bad budget, missing data, NaN loss, ...) print one sentence, not
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import sys
 
-from jsonargparse import Namespace
-from jsonargparse._typehints import import_object
 from lightning.pytorch.cli import LightningCLI
+from jsonargparse import Namespace  # after Lightning, which sets jsonargparse up (int vs float parsing)
 
 from .errors import JointPruneError
 from .models.registry import is_model
@@ -47,6 +47,13 @@ class JointPruneCLI(LightningCLI):
         if isinstance(cnn, Namespace) and getattr(data, "num_classes", None) is not None:
             _fill_num_classes(cnn, int(data.num_classes))
         super().instantiate_classes()
+
+
+def import_object(path: str):
+    """`pkg.module.Name` -> the object. (Importing jsonargparse's own helper before LightningCLI
+    changes how it parses Union[int, float] options, so a plain importlib does it.)"""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def _instantiate(spec: Namespace):

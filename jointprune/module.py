@@ -24,6 +24,7 @@ from .agent import EnvironmentRepresentation, ReplayBuffer, RewardDecoder, SoftA
 from .agent.episode import STATE_DIM, PruningEnvironment
 from .agent.training import check_agent_options
 from .errors import JointPruneError
+from .models.checks import check_exportable, check_outputs
 from .options import (AgentOptions, AlignmentOptions, PruningOptions, EnvReprOptions, ExportOptions,
                       OptimOptions, RewardOptions, ScheduleOptions, resolve_epoch)
 from .pruning import (AlignmentRegularizer, BudgetClipper, ChannelStructure, FlopsModel, KeepRule, MaskPlan,
@@ -113,6 +114,8 @@ class JointPruneModule(L.LightningModule):
     def build_engine(self) -> None:
         """Channel groups, exact FLOPs, budget clipping, masks and alignment for the dense CNN."""
         example = torch.zeros(1, *self.input_shape)
+        # Wrong outputs, a too-small input or too few classes: one sentence before any tracing.
+        self.num_classes = check_outputs(self.cnn, self.input_shape, self.num_classes)
         self.structure = ChannelStructure(self.cnn, example, prune_coupled=self.pruning.prune_coupled)
         self.flops = FlopsModel(self.structure)
         self.keep_rule = KeepRule(self.pruning.max_ratio, self.pruning.min_channels, self.pruning.round_to)
@@ -123,21 +126,12 @@ class JointPruneModule(L.LightningModule):
                                             squared=self.alignment.squared, include_bn=self.alignment.include_bn,
                                             weight=self.alignment.weight)
         self.dense_params = sum(p.numel() for p in self.cnn.parameters())
-        with torch.no_grad():
-            was = self.cnn.training
-            out = self.cnn.eval()(example)
-            self.cnn.train(was)
-        if out.dim() != 2:
-            raise JointPruneError(f"model.cnn must return logits of shape (batch, classes), got {tuple(out.shape)}.")
-        if self.num_classes is not None and out.shape[1] != self.num_classes:
-            raise JointPruneError(
-                f"model.cnn outputs {out.shape[1]} classes but the data has {self.num_classes}; "
-                f"set model.cnn.init_args.num_classes: {self.num_classes}.")
-        self.num_classes = int(out.shape[1])
 
     def setup(self, stage: str) -> None:
         if self.engine_ready:
             return
+        if stage == "fit" and self.export_opts.check_at_start and not self.extracted:
+            check_exportable(self.cnn, self.input_shape)  # the export at the end must not fail after training
         max_epochs = max(int(self.trainer.max_epochs or 1), 1)
         self.epochs = self.resolve_schedule(max_epochs)
         check_agent_options(self.agent_opts)

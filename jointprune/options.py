@@ -113,6 +113,7 @@ class ExportOptions:
     # an export folder whose test top-1 the final table compares against (e.g. the same config run
     # dense: flops_budget 1.0, agent.policy uniform) [ours]
     baseline: Optional[str] = None
+    check_at_start: bool = True        # check before epoch 0 that torch.export captures the dense CNN [ours]
 
 
 def resolve_epoch(name: str, value, max_epochs: int) -> int:

@@ -22,7 +22,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .agent import EnvironmentRepresentation, ReplayBuffer, RewardDecoder, SoftActorCritic
 from .agent.episode import STATE_DIM, PruningEnvironment
+from .agent.training import check_agent_options
 from .errors import JointPruneError
+from .models.checks import check_exportable, check_outputs
 from .options import (AgentOptions, AlignmentOptions, PruningOptions, EnvReprOptions, ExportOptions,
                       OptimOptions, RewardOptions, ScheduleOptions, resolve_epoch)
 from .options import LatencyOptions
@@ -127,6 +129,8 @@ class JointPruneModule(L.LightningModule):
     def build_engine(self) -> None:
         """Channel groups, exact FLOPs, budget clipping, masks and alignment for the dense CNN."""
         example = torch.zeros(1, *self.input_shape)
+        # Wrong outputs, a too-small input or too few classes: one sentence before any tracing.
+        self.num_classes = check_outputs(self.cnn, self.input_shape, self.num_classes)
         self.structure = ChannelStructure(self.cnn, example, prune_coupled=self.pruning.prune_coupled)
         self.flops = FlopsModel(self.structure)
         self.keep_rule = KeepRule(self.pruning.max_ratio, self.pruning.min_channels, self.pruning.round_to)
@@ -134,28 +138,22 @@ class JointPruneModule(L.LightningModule):
         self.environment = PruningEnvironment(self.structure, self.flops, self.clipper)
         self.plan = MaskPlan(self.structure)
         self.aligner = AlignmentRegularizer(self.structure, per_channel=self.alignment.per_channel,
-                                            squared=self.alignment.squared, include_bn=self.alignment.include_bn)
+                                            squared=self.alignment.squared, include_bn=self.alignment.include_bn,
+                                            weight=self.alignment.weight)
         self.dense_params = sum(p.numel() for p in self.cnn.parameters())
-        with torch.no_grad():
-            was = self.cnn.training
-            out = self.cnn.eval()(example)
-            self.cnn.train(was)
-        if out.dim() != 2:
-            raise JointPruneError(f"model.cnn must return logits of shape (batch, classes), got {tuple(out.shape)}.")
-        if self.num_classes is not None and out.shape[1] != self.num_classes:
-            raise JointPruneError(
-                f"model.cnn outputs {out.shape[1]} classes but the data has {self.num_classes}; "
-                f"set model.cnn.init_args.num_classes: {self.num_classes}.")
-        self.num_classes = int(out.shape[1])
 
     def setup(self, stage: str) -> None:
         if self.engine_ready:
             return
+        if stage == "fit" and self.export_opts.check_at_start and not self.extracted:
+            check_exportable(self.cnn, self.input_shape)  # the export at the end must not fail after training
         max_epochs = max(int(self.trainer.max_epochs or 1), 1)
         self.epochs = self.resolve_schedule(max_epochs)
+        check_agent_options(self.agent_opts)
         self.sac = SoftActorCritic(STATE_DIM, self.env_opts.dim, max_action=self.pruning.max_ratio,
                                    hidden=(self.agent_opts.hidden,) * 2, alpha=self.agent_opts.alpha,
-                                   gamma=self.agent_opts.gamma, tau=self.agent_opts.tau)
+                                   gamma=self.agent_opts.gamma, tau=self.agent_opts.tau,
+                                   return_weight=self.agent_opts.return_weight)
         self.env_repr = EnvironmentRepresentation(max_epochs, self.env_opts.dim, fixed=not self.env_opts.enabled)
         self.decoder = RewardDecoder(STATE_DIM, 1, self.env_opts.dim, hidden=(self.agent_opts.hidden,) * 2)
         self.replay = ReplayBuffer(self.agent_opts.replay_capacity, STATE_DIM, 1)
@@ -219,18 +217,31 @@ class JointPruneModule(L.LightningModule):
         ce = F.cross_entropy(logits, y)
         loss = ce
         masks = self.current_masks()
+        # how the alignment acts: its proximal step after SGD's (default), its gradient added
+        # after backward (a few multi-tensor ops, no sync), or, only under fp16 loss scaling
+        # (which scales the gradients), through the loss
+        align = None
         if masks is not None and self.alignment.weight > 0:
-            loss = ce + self.alignment.weight * self.aligner(self.cnn, masks)
+            align = "prox" if self.alignment.proximal else "loss" if self._grad_scaled() else "grad"
+        if align == "loss":
+            loss = ce + self.aligner(self.cnn, masks)
         if not torch.isfinite(loss):
             raise JointPruneError(f"the training loss became {loss.item()} at epoch {self.current_epoch} "
                                   f"(batch {batch_idx}); lower model.optim.lr. Nothing was saved.")
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        if align == "grad":
+            self.aligner.add_grad_(self.cnn, masks)
         opt.step()
+        if align == "prox":
+            self.aligner.prox_(self.cnn, masks, opt.param_groups[0]["lr"])
         self.train_acc(logits.detach(), y)
         self.log("train/loss", ce.detach(), prog_bar=True, on_step=True, on_epoch=True, sync_dist=False)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss.detach()
+
+    def _grad_scaled(self) -> bool:
+        return "16-mixed" in str(getattr(self.trainer, "precision", "")) and "bf16" not in str(self.trainer.precision)
 
     def configure_callbacks(self):
         from .callbacks import AgentEpisodes, RewardDecoding, SubnetExtraction
@@ -253,9 +264,15 @@ class JointPruneModule(L.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
+        from .pruning.align import removed_mass
+        mass = 0.0 if self.extracted else float(removed_mass(self.cnn, self.structure, self.current_masks()))
+        self.log("prune/removed_mass", mass, sync_dist=False)  # identical on every rank; 0 once cut
         stats = self.epoch_stats
         if not stats:
+            if self.current_masks() is not None and self.trainer.is_global_zero:
+                print(f"[jointprune] epoch {self.current_epoch}: removed mass {mass:.3f}", flush=True)
             return
+        stats["removed_mass"] = mass
         train_seconds = max(getattr(self, "last_batch_end", self.epoch_started) - self.epoch_started, 1e-9)
         stats["agent_time_fraction"] = stats["agent_seconds"] / train_seconds
         stats["epoch"] = self.current_epoch
@@ -274,7 +291,8 @@ class JointPruneModule(L.LightningModule):
     def print_summary(self, s: dict) -> None:
         line = (f"[jointprune] epoch {s['epoch']}: reward mean {s['reward_mean']:.4f} best {s['reward_best']:.4f} | "
                 f"incumbent {s['incumbent_reward']:.4f} at {s['flops_ratio']:.3f} FLOPs | "
-                f"decoder loss {s.get('decoder_loss', float('nan')):.4g} | agent time {s['agent_time_fraction']:.2f}"
+                f"decoder loss {s.get('decoder_loss', float('nan')):.4g} | agent time {s['agent_time_fraction']:.2f} | "
+                f"removed mass {s.get('removed_mass', float('nan')):.3f}"
                 + (" | random actions" if s.get("random_actions") else ""))
         bar = getattr(self.trainer, "progress_bar_callback", None)
         if self.trainer.is_global_zero:
@@ -371,6 +389,8 @@ class JointPruneModule(L.LightningModule):
             "replay": self.replay.state_dict(),
             "agent_generator": self.agent_generator.get_state(),
             "last_epoch_done": self.last_epoch_done,
+            "cut_stats": getattr(self, "cut_stats", None),
+            "align_floor": getattr(self, "align_floor", None),
             "rng": self.pending_rng or get_rng_state(),
         }
 
@@ -386,6 +406,9 @@ class JointPruneModule(L.LightningModule):
         self.replay.load_state_dict(state["replay"])
         self.agent_generator.set_state(state["agent_generator"])
         self.last_epoch_done = state["last_epoch_done"]
+        if state.get("cut_stats") is not None:
+            self.cut_stats = state["cut_stats"]
+        self.align_floor = state.get("align_floor")
         self.pending_rng = state["rng"]
         if state["extracted"] and not self.extracted:
             # The checkpoint holds the small network's weights: cut the dense CNN to the same

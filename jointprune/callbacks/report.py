@@ -77,6 +77,7 @@ def final_report(trainer, pm, dense_arch: nn.Module | None, dense_test_acc: floa
         "dense_test_acc_at_extraction": dense_test_acc,
         "pruned_test_acc_at_extraction": pruned_test_acc_at_cut,
         "extracted_at_epoch": getattr(pm, "extracted_at", None),
+        **{k: getattr(pm, "cut_stats", {}).get(k) for k in ("removed_mass_at_cut", "top1_before_cut", "top1_after_cut")},
         "epochs": int(trainer.current_epoch),
         "baseline": baseline,
         "input_shape": list(pm.input_shape),

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from ..errors import JointPruneError
+from ..pruning.align import removed_mass
 from ..pruning.export import check_export_dir
 from ..pruning.extract import cut_in_place, prune_keeping_momentum
 from .report import baseline_summary, evaluate, final_report, log_width_plot, print_final_table, width_plot_png
@@ -46,7 +47,15 @@ class SubnetExtraction(L.Callback):
 
     def _extract(self, trainer, pm, epoch: int) -> None:
         self.dense_test_acc = evaluate(pm.cnn, trainer.datamodule.test_dataloader(), pm.device, masks=None)
+        # what the cut costs: the removed channels' remaining share, and val top-1 of the
+        # unmasked network just before the cut and of the small network just after it
+        val = trainer.datamodule.val_dataloader()
+        pm.cut_stats = {"removed_mass_at_cut": float(removed_mass(pm.cnn, pm.structure, pm.incumbent_masks)),
+                        "top1_before_cut": evaluate(pm.cnn, val, pm.device, masks=None)}
         extract_in_place(pm, pm.optimizers()[0].optimizer)
+        pm.cut_stats["top1_after_cut"] = evaluate(pm.cnn, val, pm.device, masks=None)
+        rank_zero_info("[jointprune] at the cut: removed mass {removed_mass_at_cut:.4f}, val top-1 "
+                       "{top1_before_cut:.4f} before -> {top1_after_cut:.4f} after".format(**pm.cut_stats))
         _rewrap_ddp(trainer, pm)
         pm.extracted_at = epoch
         self.pruned_test_acc = evaluate(pm.cnn, trainer.datamodule.test_dataloader(), pm.device)

@@ -22,10 +22,13 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .agent import EnvironmentRepresentation, ReplayBuffer, RewardDecoder, SoftActorCritic
 from .agent.episode import STATE_DIM, PruningEnvironment
+from .agent.training import check_agent_options
 from .errors import JointPruneError
-from .options import (AgentOptions, AlignmentOptions, PruningOptions, EnvReprOptions, ExportOptions,
-                      OptimOptions, RewardOptions, ScheduleOptions, resolve_epoch)
-from .options import ClusterOptions
+from .models.checks import check_exportable, check_outputs
+from .options import (AgentOptions, AlignmentOptions, ClusterOptions, EnvReprOptions, ExportOptions,
+                      LatencyOptions, OptimOptions, PruningOptions, RewardOptions, ScheduleOptions, resolve_epoch)
+from .pruning.latency import check_latency_budget
+from .pruning.latency_setup import build_latency_model
 from .pruning import (AlignmentRegularizer, BudgetClipper, ChannelStructure, FlopsModel, KeepRule, MaskPlan,
                       check_budget)
 
@@ -59,7 +62,8 @@ class JointPruneModule(L.LightningModule):
     def __init__(
         self,
         cnn: nn.Module,
-        flops_budget: float = 0.5,
+        flops_budget: Optional[float] = None,
+        latency_budget: Optional[float] = None,
         input_shape: tuple[int, int, int] = (3, 32, 32),
         num_classes: Optional[int] = None,
         seed: int = 0,
@@ -71,28 +75,36 @@ class JointPruneModule(L.LightningModule):
         env_repr: EnvReprOptions = EnvReprOptions(),
         reward: RewardOptions = RewardOptions(),
         export: ExportOptions = ExportOptions(),
+        latency: LatencyOptions = LatencyOptions(),
         cluster: ClusterOptions = ClusterOptions(),
     ):
         """
         Args:
             cnn: any CNN (`class_path` + `init_args` in a config); trained from scratch.
-            flops_budget: fraction of the dense network's FLOPs the pruned network may use, in (0, 1].
+            flops_budget: fraction of the dense network's FLOPs the pruned network may use, in (0, 1];
+                default 0.5, or 1.0 (no FLOPs limit) when latency_budget is set.
+            latency_budget: fraction of the dense network's latency, measured at start on
+                `latency.device` at `latency.batch_size`, the pruned network may take, in (0, 1].
             input_shape: (C, H, W) of one input; linked from the DataModule by the CLI.
             num_classes: classes of the data; linked from the DataModule and checked against the CNN.
             seed: seeds the agent's exploration (the CLI's seed_everything seeds the rest).
         """
         super().__init__()
+        latency_budget = check_latency_budget(latency_budget)
+        if flops_budget is None:  # alone, a latency budget is the only limit
+            flops_budget = 0.5 if latency_budget is None else 1.0
         check_budget(flops_budget)
         pruning, alignment, optim = _as(PruningOptions, pruning), _as(AlignmentOptions, alignment), _as(OptimOptions, optim)
         schedule, agent, env_repr = _as(ScheduleOptions, schedule), _as(AgentOptions, agent), _as(EnvReprOptions, env_repr)
         reward, export = _as(RewardOptions, reward), _as(ExportOptions, export)
         cluster = _as(ClusterOptions, cluster)
+        latency = _as(LatencyOptions, latency)
         # Options are stored as plain dicts so that checkpoints load with weights_only=True.
         self.save_hyperparameters({
-            "flops_budget": flops_budget, "input_shape": list(input_shape), "num_classes": num_classes, "seed": seed,
+            "flops_budget": flops_budget, "latency_budget": latency_budget, "input_shape": list(input_shape), "num_classes": num_classes, "seed": seed,
             **{k: asdict(v) for k, v in dict(pruning=pruning, alignment=alignment, optim=optim, schedule=schedule,
                                              agent=agent, env_repr=env_repr, reward=reward, export=export,
-                                             cluster=cluster).items()}})
+                                             latency=latency, cluster=cluster).items()}})
         self.automatic_optimization = False
         self.cnn = cnn
         self.flops_budget, self.input_shape, self.num_classes = flops_budget, tuple(input_shape), num_classes
@@ -100,6 +112,8 @@ class JointPruneModule(L.LightningModule):
         self.pruning, self.alignment, self.optim, self.schedule = pruning, alignment, optim, schedule
         self.agent_opts, self.env_opts, self.reward_opts, self.export_opts = agent, env_repr, reward, export
         self.cluster_opts = cluster
+        self.latency_budget, self.latency_opts = latency_budget, latency
+        self.latency_model = None  # measured at setup, on the trainer's device (attach_latency_budget)
         self.engine_ready = False
         # Run state that checkpoints carry (see on_save_checkpoint).
         self.incumbent_kept: Optional[list[int]] = None
@@ -117,6 +131,8 @@ class JointPruneModule(L.LightningModule):
     def build_engine(self) -> None:
         """Channel groups, exact FLOPs, budget clipping, masks and alignment for the dense CNN."""
         example = torch.zeros(1, *self.input_shape)
+        # Wrong outputs, a too-small input or too few classes: one sentence before any tracing.
+        self.num_classes = check_outputs(self.cnn, self.input_shape, self.num_classes)
         self.structure = ChannelStructure(self.cnn, example, prune_coupled=self.pruning.prune_coupled)
         self.flops = FlopsModel(self.structure)
         self.keep_rule = KeepRule(self.pruning.max_ratio, self.pruning.min_channels, self.pruning.round_to)
@@ -124,28 +140,22 @@ class JointPruneModule(L.LightningModule):
         self.environment = PruningEnvironment(self.structure, self.flops, self.clipper)
         self.plan = MaskPlan(self.structure)
         self.aligner = AlignmentRegularizer(self.structure, per_channel=self.alignment.per_channel,
-                                            squared=self.alignment.squared, include_bn=self.alignment.include_bn)
+                                            squared=self.alignment.squared, include_bn=self.alignment.include_bn,
+                                            weight=self.alignment.weight)
         self.dense_params = sum(p.numel() for p in self.cnn.parameters())
-        with torch.no_grad():
-            was = self.cnn.training
-            out = self.cnn.eval()(example)
-            self.cnn.train(was)
-        if out.dim() != 2:
-            raise JointPruneError(f"model.cnn must return logits of shape (batch, classes), got {tuple(out.shape)}.")
-        if self.num_classes is not None and out.shape[1] != self.num_classes:
-            raise JointPruneError(
-                f"model.cnn outputs {out.shape[1]} classes but the data has {self.num_classes}; "
-                f"set model.cnn.init_args.num_classes: {self.num_classes}.")
-        self.num_classes = int(out.shape[1])
 
     def setup(self, stage: str) -> None:
         if self.engine_ready:
             return
+        if stage == "fit" and self.export_opts.check_at_start and not self.extracted:
+            check_exportable(self.cnn, self.input_shape)  # the export at the end must not fail after training
         max_epochs = max(int(self.trainer.max_epochs or 1), 1)
         self.epochs = self.resolve_schedule(max_epochs)
+        check_agent_options(self.agent_opts)
         self.sac = SoftActorCritic(STATE_DIM, self.env_opts.dim, max_action=self.pruning.max_ratio,
                                    hidden=(self.agent_opts.hidden,) * 2, alpha=self.agent_opts.alpha,
-                                   gamma=self.agent_opts.gamma, tau=self.agent_opts.tau)
+                                   gamma=self.agent_opts.gamma, tau=self.agent_opts.tau,
+                                   return_weight=self.agent_opts.return_weight)
         self.env_repr = EnvironmentRepresentation(max_epochs, self.env_opts.dim, fixed=not self.env_opts.enabled)
         self.decoder = RewardDecoder(STATE_DIM, 1, self.env_opts.dim, hidden=(self.agent_opts.hidden,) * 2)
         self.replay = ReplayBuffer(self.agent_opts.replay_capacity, STATE_DIM, 1)
@@ -153,7 +163,18 @@ class JointPruneModule(L.LightningModule):
             # validate_args=False: the argument checks read tensor values on the host every step
             setattr(self, f"{split}_acc", MulticlassAccuracy(self.num_classes, average="micro", validate_args=False))
         self.ignore_agent_in_ddp()
+        self.attach_latency_budget()
         self.engine_ready = True
+
+    def attach_latency_budget(self) -> None:
+        """Measure the latency model on the device (rank 0; the others receive it, so every rank
+        clips alike) and make the clipper hold latency to its budget beside FLOPs."""
+        if self.latency_budget is None:
+            return
+        self.latency_model = build_latency_model(self.trainer, self.structure, self.keep_rule, self.latency_opts)
+        self.clipper = BudgetClipper(self.flops, self.flops_budget, self.keep_rule,
+                                     extra_costs=((self.latency_model, self.latency_budget),))
+        self.environment = PruningEnvironment(self.structure, self.flops, self.clipper)
 
     def resolve_schedule(self, max_epochs: int) -> dict:
         s = self.schedule
@@ -199,12 +220,22 @@ class JointPruneModule(L.LightningModule):
         ce = F.cross_entropy(logits, y)
         loss = ce
         masks = self.current_masks()
+        # how the alignment acts: its proximal step after SGD's (default), its gradient added
+        # after backward (a few multi-tensor ops, no sync), or, only under fp16 loss scaling
+        # (which scales the gradients), through the loss
+        align = None
         if masks is not None and self.alignment.weight > 0:
-            loss = ce + self.alignment.weight * self.aligner(self.cnn, masks)
+            align = "prox" if self.alignment.proximal else "loss" if self._grad_scaled() else "grad"
+        if align == "loss":
+            loss = ce + self.aligner(self.cnn, masks)
         self.watch_finite(loss.detach(), batch_idx)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        if align == "grad":
+            self.aligner.add_grad_(self.cnn, masks)
         opt.step()
+        if align == "prox":
+            self.aligner.prox_(self.cnn, masks, opt.param_groups[0]["lr"])
         self.train_acc.update(logits.detach(), y)
         self.log("train/loss", ce.detach(), prog_bar=True, on_step=True, on_epoch=True, sync_dist=False)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
@@ -224,6 +255,9 @@ class JointPruneModule(L.LightningModule):
             if first >= 0:
                 raise JointPruneError(f"the training loss became NaN or infinite at epoch {self.current_epoch} "
                                       f"(batch {first}); lower model.optim.lr. Nothing was saved.")
+
+    def _grad_scaled(self) -> bool:
+        return "16-mixed" in str(getattr(self.trainer, "precision", "")) and "bf16" not in str(self.trainer.precision)
 
     def configure_callbacks(self):
         from .callbacks import AgentEpisodes, RewardDecoding, SubnetExtraction
@@ -248,10 +282,16 @@ class JointPruneModule(L.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
+        from .pruning.align import removed_mass
+        mass = 0.0 if self.extracted else float(removed_mass(self.cnn, self.structure, self.current_masks()))
+        self.log("prune/removed_mass", mass, sync_dist=False)  # identical on every rank; 0 once cut
         stats = self.epoch_stats
         if not stats:
-            self.log_frozen_summary()
+            if self.current_masks() is not None and self.trainer.is_global_zero:
+                print(f"[jointprune] epoch {self.current_epoch}: removed mass {mass:.3f}", flush=True)
+            self.log_frozen_summary(mass)
             return
+        stats["removed_mass"] = mass
         # the agent runs inside the last batch's end hook (callbacks.sync), so take its time out
         started = getattr(self, "epoch_started", None) or getattr(self, "last_batch_end", 0.0)
         train_seconds = max(getattr(self, "last_batch_end", started) - started - stats["agent_seconds"], 1e-9)
@@ -270,11 +310,12 @@ class JointPruneModule(L.LightningModule):
             self.log_dict(keep, sync_dist=False)
         self.print_summary(stats)
 
-    def log_frozen_summary(self) -> None:
-        """Epochs without agent work log the last summary (agent time 0), so every epoch has prune/*."""
+    def log_frozen_summary(self, removed_mass: float) -> None:
+        """Epochs without agent work log the last summary (agent time 0, this epoch's removed
+        mass), so every epoch has prune/*."""
         if not self.history:
             return
-        last = {**self.history[-1], "agent_seconds": 0.0, "agent_time_fraction": 0.0}
+        last = {**self.history[-1], "agent_seconds": 0.0, "agent_time_fraction": 0.0, "removed_mass": removed_mass}
         self.log_dict({f"prune/{k}": float(v) for k, v in last.items() if k != "epoch"}, sync_dist=False)
         if self.incumbent_kept is not None:
             keep = {f"prune_keep/{g.name}": k / g.size for g, k in zip(self.structure.groups, self.incumbent_kept)}
@@ -283,7 +324,8 @@ class JointPruneModule(L.LightningModule):
     def print_summary(self, s: dict) -> None:
         line = (f"[jointprune] epoch {s['epoch']}: reward mean {s['reward_mean']:.4f} best {s['reward_best']:.4f} | "
                 f"incumbent {s['incumbent_reward']:.4f} at {s['flops_ratio']:.3f} FLOPs | "
-                f"decoder loss {s.get('decoder_loss', float('nan')):.4g} | agent time {s['agent_time_fraction']:.2f}"
+                f"decoder loss {s.get('decoder_loss', float('nan')):.4g} | agent time {s['agent_time_fraction']:.2f} | "
+                f"removed mass {s.get('removed_mass', float('nan')):.3f}"
                 + (" | random actions" if s.get("random_actions") else ""))
         bar = getattr(self.trainer, "progress_bar_callback", None)
         if self.trainer.is_global_zero:
@@ -406,12 +448,15 @@ class JointPruneModule(L.LightningModule):
             "replay": self.replay.state_dict(),
             "agent_generator": self.agent_generator.get_state(),
             "last_epoch_done": self.last_epoch_done,
+            "cut_stats": getattr(self, "cut_stats", None),
+            "align_floor": getattr(self, "align_floor", None),
             "rng": self.pending_rng or get_rng_state(),
             # the agent's work of an epoch ends before its checkpoint (callbacks/sync.py), its
             # logging after; and pruned.json's extraction facts must survive a restart
             "epoch_stats": getattr(self, "epoch_stats", {}),
             "extracted_at": getattr(self, "extracted_at", None),
             "dense_test_acc": getattr(self, "dense_test_acc", None),
+            "pruned_test_acc": getattr(self, "pruned_test_acc", None),
             "run_stamp": getattr(self, "run_stamp", None),
             "settings": self.resume_settings(),
         }
@@ -439,9 +484,13 @@ class JointPruneModule(L.LightningModule):
         self.replay.load_state_dict(state["replay"])
         self.agent_generator.set_state(state["agent_generator"])
         self.last_epoch_done = state["last_epoch_done"]
+        if state.get("cut_stats") is not None:
+            self.cut_stats = state["cut_stats"]
+        self.align_floor = state.get("align_floor")
         self.pending_rng = state["rng"]
         self.epoch_stats = dict(state.get("epoch_stats", {}))
         self.extracted_at, self.dense_test_acc = state.get("extracted_at"), state.get("dense_test_acc")
+        self.pruned_test_acc = state.get("pruned_test_acc")
         if state["extracted"] and not self.extracted:
             # The checkpoint holds the small network's weights: cut the dense CNN to the same
             # shape first, so that the state dict (and the optimizer state) fit.

@@ -23,10 +23,17 @@ class PruningOptions:
 
 @dataclass
 class AlignmentOptions:
-    weight: float = 1e-4               # lambda [repro]
-    per_channel: bool = True           # group lasso per removed channel, else one norm per group
+    weight: float = 1e-4               # lambda, the least pull per group [repro]
+    per_channel: bool = False          # group lasso per removed channel; False: one norm per group (the paper's formula)
     squared: bool = False              # sum of squares instead of norms
-    include_bn: bool = False           # also pull the removed channels' BN gamma/beta to 0
+    include_bn: bool = True            # also pull the removed channels' BN gamma/beta to 0 (else BN undoes the pull) [ours]
+    # Raise lambda per group, re-estimated every epoch, so that the pull alone would empty the
+    # group's removed slices after this fraction of the optimizer steps left before the cut;
+    # None: the constant `weight` (the paper). [ours]
+    empty_by: Optional[float] = 0.5
+    # True: the penalty's exact proximal step after each SGD step (reaches zero, no oscillation,
+    # not slowed by momentum); False: its gradient goes through SGD with the loss's (the paper). [ours]
+    proximal: bool = True
 
 
 @dataclass
@@ -66,6 +73,13 @@ class AgentOptions:
     tau: float = 0.005
     hidden: int = 300
     replay_capacity: int = 100_000
+    # Rewards standardised before SAC sees them (jointprune/agent/training.py RewardNormalizer):
+    # "global" (mean/std of the buffer's episode rewards), "epoch" (per-epoch baseline) or "none".
+    reward_normalization: Literal["global", "epoch", "none"] = "global"
+    reward_scale_floor: float = 1e-3   # smallest std the rewards are divided by
+    # Critic target = return_weight x the episode's observed discounted return + the rest x the
+    # soft TD target (the reward arrives only at the episode's end; see SoftActorCritic.update).
+    return_weight: float = 0.5
 
 
 @dataclass
@@ -84,7 +98,11 @@ class RewardOptions:
     # "train": re-estimate on training batches, then score (two passes). "reward": score with
     # the BN statistics of the reward images themselves (AdaBN-style, one pass, half the cost).
     recalibration_source: Literal["train", "reward"] = "train"
-    max_samples: Optional[int] = None  # score on at most this many reward images (speed knob)
+    max_samples: Optional[int] = None  # screen episodes on the first this many reward images (speed knob)
+    # An episode that beats the incumbent on the screening images replaces it only if it also wins
+    # on this many further reward images (disjoint from the screening ones), both re-scored there:
+    # the best of many noisy scores is biased upward. None or 0: accept on the screening score. [ours]
+    confirm_samples: Optional[int] = None
     batch_size: int = 512
 
 
@@ -92,6 +110,10 @@ class RewardOptions:
 class ExportOptions:
     dirpath: Optional[str] = None      # default: <trainer.default_root_dir>/pruned
     onnx: bool = False
+    # an export folder whose test top-1 the final table compares against (e.g. the same config run
+    # dense: flops_budget 1.0, agent.policy uniform) [ours]
+    baseline: Optional[str] = None
+    check_at_start: bool = True        # check before epoch 0 that torch.export captures the dense CNN [ours]
     latency_runs: int = 3              # timed forward passes per network for the report, interleaved [ours]
 
 
@@ -113,3 +135,19 @@ def resolve_epoch(name: str, value, max_epochs: int) -> int:
     if not 0 <= value <= max_epochs:
         raise JointPruneError(f"{name}={value} is beyond max_epochs={max_epochs}; use an epoch in [0, {max_epochs}].")
     return value
+
+
+@dataclass
+class LatencyOptions:
+    """How `model.latency_budget` measures latency (README, "Latency budget") [ours]."""
+    device: Optional[str] = None       # "cpu", "cuda:0", ...; default: the trainer's device
+    batch_size: Optional[int] = None   # images per timed forward; default: the data's batch size
+    grid_points: int = 4               # counts timed per group (fewest..dense), interpolated between
+    warmup: int = 0                    # untimed calls first (the two-fastest rule already drops a slow cold call)
+    repeats: int = 3                   # timed calls per table entry at least; the entry is the mean of
+    max_repeats: int = 12              # the two fastest once they agree within 10 % (at most this many)
+    network_repeats: int = 3           # hooked dense forwards timing the constant rest (fastest of each piece)
+    calibrate: bool = False            # also time the whole net at the fewest counts and rescale the savings
+    calibration_repeats: int = 7       # interleaved dense/small pairs for that (median ratio)
+    cache_dir: Optional[str] = None    # default: $XDG_CACHE_HOME/jointprune or ~/.cache/jointprune
+    cache: bool = True                 # False: measure every time, write nothing

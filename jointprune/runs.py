@@ -20,7 +20,6 @@ from pathlib import Path
 from .errors import JointPruneError
 
 POINTER = "jointprune-last-run-id"   # in the W&B save_dir/project: the id of the last run started there
-CLAIM = ".jointprune-run"            # in an export folder: the stamp of the run that writes it
 
 
 # ----------------------------------------------------------------------------- seeds

@@ -7,6 +7,8 @@ with prune_coupled) this times, on one core:
   single     FlopsModel(kept) on one kept-channel vector at a time, in a Python loop
   batched    FlopsModel(K) on a [N, G] batch of vectors (N = 64 and 1024), evals/s
   episode    a full BudgetClipper episode (one clip per group, random actions), clips/s
+  upper      the same episodes with the clipper as it was before the lower bound (upper bound
+             only, one batched FLOPs call per group), re-implemented here as the baseline
   baseline   what the polynomial replaces: torch-pruning's counter
              (tp.utils.count_ops_and_params) on the dense net (a lower bound: no surgery), and
              extract_subnetwork + counter (what an exact answer costs without the polynomial)
@@ -90,6 +92,21 @@ def bench(coupled: bool, runs: int, min_time: float, rng: np.random.Generator) -
             kept.append(clipper.clip(kept, a[g])[0])
         clipper.check(kept)
 
+    def upper_only():
+        # The clipper before the lower bound: cap each group from above only (rest at fewest).
+        a = actions[state["i"] % len(actions)]
+        state["i"] += 1
+        kept = []
+        for g in range(len(sizes)):
+            cands = clipper.candidates[g]
+            trial = np.tile(clipper.fewest, (len(cands), 1))
+            trial[:, :g] = kept
+            trial[:, g] = cands
+            feasible = np.rint(fm(trial)) <= clipper.limit
+            most = cands[feasible][-1] if feasible.any() else cands[0]
+            kept.append(int(min(max(clipper.rule.keep(int(sizes[g]), a[g]), cands[0]), most)))
+        clipper.check(kept)
+
     def counter_dense():
         tp.utils.count_ops_and_params(model, x1)
 
@@ -103,12 +120,13 @@ def bench(coupled: bool, runs: int, min_time: float, rng: np.random.Generator) -
     assert fm(kept_half) == tp.utils.count_ops_and_params(extract_subnetwork(model, st, masks_half), x1)[0]
     assert fm(st.sizes) == tp.utils.count_ops_and_params(extract_subnetwork(model, st, full_masks(st)), x1)[0]
 
-    results = {k: [] for k in ("single", "batched64", "batched1024", "episode", "counter", "extract")}
+    results = {k: [] for k in ("single", "batched64", "batched1024", "episode", "upper", "counter", "extract")}
     for _ in range(runs):  # interleaved, so drift on a shared machine hits every row alike
         results["single"].append(rate(single, 1000, min_time))
         results["batched64"].append(rate(batched64, 64, min_time))
         results["batched1024"].append(rate(batched1024, 1024, min_time))
         results["episode"].append(rate(episode, len(sizes), min_time))
+        results["upper"].append(rate(upper_only, len(sizes), min_time))
         results["counter"].append(rate(counter_dense, 1, min_time))
         results["extract"].append(rate(extract_and_count, 1, min_time))
     med = {k: statistics.median(v) for k, v in results.items()}
@@ -119,12 +137,13 @@ def bench(coupled: bool, runs: int, min_time: float, rng: np.random.Generator) -
                       ("batched64", "FlopsModel, batch of 64 vectors"),
                       ("batched1024", "FlopsModel, batch of 1024 vectors"),
                       ("episode", "BudgetClipper.clip, full episodes"),
+                      ("upper", "before: upper bound only, full episodes"),
                       ("counter", "baseline: tp counter on the dense net"),
                       ("extract", "baseline: extract_subnetwork + tp counter")):
-        unit = "clips/s" if key == "episode" else "evals/s"
+        unit = "clips/s" if key in ("episode", "upper") else "evals/s"
         rows.append({"model": label, "what": what, "rate": med[key], "lo": spread[key][0], "hi": spread[key][1],
                      "unit": unit, "vs_counter": med[key] / med["counter"], "vs_extract": med[key] / med["extract"],
-                     "episodes": med["episode"] / len(sizes) if key == "episode" else None})
+                     "episodes": med[key] / len(sizes) if key in ("episode", "upper") else None})
     return rows
 
 
@@ -148,6 +167,11 @@ def main(argv=None) -> None:
         extra = f" ({r['episodes']:,.0f} episodes/s)" if r["episodes"] else ""
         print(f"| {r['model']} | {r['what']} | {r['rate']:,.0f} {r['unit']}{extra} | {r['lo']:,.0f}-{r['hi']:,.0f} "
               f"| {r['vs_counter']:,.1f} | {r['vs_extract']:,.1f} |")
+    for label in dict.fromkeys(r["model"] for r in rows):
+        eps = {r["what"]: r["rate"] for r in rows if r["model"] == label}
+        print(f"\n{label}: clipped episodes with the lower bound run at "
+              f"{eps['BudgetClipper.clip, full episodes'] / eps['before: upper bound only, full episodes']:.2f}x "
+              "the rate of the upper-bound-only clipper.")
     single = next(r for r in rows if r["what"].startswith("FlopsModel, one"))["rate"]
     print(f"\nTarget: >= 10,000 single-vector evals/s for ResNet-56 on one core: "
           f"{'met' if single >= 10_000 else 'NOT met'} ({single:,.0f}/s).")

@@ -1,14 +1,25 @@
 """The pruning environment: one episode walks the prunable groups in order, one action each.
 
-State of group l (METHOD.md section 3), every feature scaled to about [0, 1]:
-  l / L, in channels, out channels, stride, kernel size (each over the network's maximum),
-  the group's own FLOPs, the network's FLOPs with the actions so far and the rest dense, the
-  FLOPs of the groups after l (dense), the previous action (all FLOPs over the dense total).
-The action is clipped by the BudgetClipper, so every finished episode meets the budget.
+State of group l (METHOD.md section 3), every feature scaled to about [0, 1], STATE_DIM = 12:
+  0-4  l / L, in channels, out channels, stride, kernel size (each over the network's maximum),
+  5    the group's own FLOPs (all of it removed),
+  6    the network's FLOPs with the actions so far and the rest dense,
+  7    the FLOPs of the groups after l (dense),
+  8    the previous action,
+  9    the group's own share of the second budgeted cost (latency, issue 11): what disappears
+       when the group goes to its fewest allowed count (signed: latency is not monotone),
+  10   that cost with the actions so far and the rest dense,
+  11   that cost's shares of the groups after l,
+(every cost over its dense total). The second cost is the clipper's first extra cost. Without
+one, features 9-11 are zeros: an absent cost uses none of any budget, and a constant zero input
+leaves the learnt function exactly as with the 9 FLOPs-only features (its weights multiply 0),
+whereas repeating the FLOPs features would give them a second, redundant set of weights. Keeping
+STATE_DIM fixed lets the agent, replay buffer and decoder be built the same way for every run.
+The action is clipped by the BudgetClipper, so every finished episode meets every budget.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -18,7 +29,7 @@ from ..pruning.budget import BudgetClipper
 from ..pruning.flops import FlopsModel
 from ..pruning.structure import ChannelStructure
 
-STATE_DIM = 9
+STATE_DIM = 12
 
 
 @dataclass
@@ -28,6 +39,9 @@ class Episode:
     next_states: torch.Tensor  # [L, STATE_DIM]
     kept: list[int]            # channels kept per group
     flops: float               # exact FLOPs of the chosen sub-network
+    # The clipper's extra costs (latency, ...) of the chosen sub-network, each over its dense
+    # value, in the clipper's order (plain floats, so broadcast_object can send the episode).
+    extra_costs: list[float] = field(default_factory=list)
 
     @property
     def dones(self) -> torch.Tensor:
@@ -46,15 +60,26 @@ class PruningEnvironment:
         strides = np.array([g.stride for g in groups], dtype=np.float64)
         kernels = np.array([g.kernel_size for g in groups], dtype=np.float64)
         own = flops.group_flops() / flops.dense
-        after = np.concatenate([np.cumsum(own[::-1])[::-1][1:], [0.0]])
+        # The cost models come from the clipper: the second cost's features are the first extra
+        # cost's (the latency budget), or zeros without one (see the module docstring).
+        self.second_cost = clipper.extra_costs[0][0] if clipper.extra_costs else None
+        if self.second_cost is not None:
+            own2 = clipper.cost_shares(self.second_cost)
+        else:
+            own2 = np.zeros(self.n)
         self.static = np.stack([np.arange(self.n) / max(self.n - 1, 1), ins / ins.max(), outs / outs.max(),
-                                strides / strides.max(), kernels / kernels.max(), own, after], axis=1)
+                                strides / strides.max(), kernels / kernels.max(), own, _after(own),
+                                own2, _after(own2)], axis=1)
+        self._sizes = np.asarray(flops.sizes, dtype=np.float64)
 
     def state(self, kept_so_far: list[int], prev_action: float) -> np.ndarray:
         l = len(kept_so_far)
-        current = self.flops(np.concatenate([kept_so_far, self.flops.sizes[l:]])) / self.flops.dense
+        now = np.concatenate([np.asarray(kept_so_far, dtype=np.float64), self._sizes[l:]])
+        current = self.flops(now) / self.flops.dense
+        current2 = 0.0 if self.second_cost is None else float(self.second_cost(now)) / float(self.second_cost.dense)
         s = self.static[min(l, self.n - 1)]
-        return np.array([s[0], s[1], s[2], s[3], s[4], s[5], current, s[6], prev_action], dtype=np.float32)
+        return np.array([s[0], s[1], s[2], s[3], s[4], s[5], current, s[6], prev_action, s[7], current2, s[8]],
+                        dtype=np.float32)
 
     def rollout(self, policy: Callable[[torch.Tensor], float]) -> Episode:
         """Run one episode; `policy(state)` returns the raw removal ratio for that state."""
@@ -72,8 +97,9 @@ class PruningEnvironment:
         final = self.state(kept[:-1], prev)  # terminal next-state: not used by the target (done=1)
         states_t = torch.from_numpy(np.stack(states))
         next_states = torch.cat([states_t[1:], torch.from_numpy(final)[None]])
-        flops = self.clipper.check(kept)  # the hard guarantee, asserted after every episode
-        return Episode(states_t, torch.tensor(actions, dtype=torch.float32), next_states, kept, flops)
+        flops = self.clipper.check(kept)  # the hard guarantees, asserted after every episode
+        extra = [float(c.model(np.asarray(kept, dtype=np.float64))) / c.dense for c in self.clipper.costs[1:]]
+        return Episode(states_t, torch.tensor(actions, dtype=torch.float32), next_states, kept, flops, extra)
 
     def uniform(self, ratio: float) -> list[int]:
         """Kept counts for the same removal ratio in every group, clipped to the budget."""
@@ -82,16 +108,33 @@ class PruningEnvironment:
             kept.append(self.clipper.clip(kept, ratio)[0])
         return kept
 
-    def uniform_under_budget(self, steps: int = 30) -> list[int]:
-        """The smallest common removal ratio whose (clipped) result fits the budget: the
-        uniform baseline. Binary search, since FLOPs fall as the common ratio grows."""
-        lo, hi = 0.0, self.clipper.rule.max_ratio
-        best = self.uniform(hi)
-        for _ in range(steps):
-            mid = (lo + hi) / 2
-            kept = self.uniform(mid)
-            if all(k == self.clipper.rule.keep(n, mid) for k, n in zip(kept, self.clipper.sizes)):
-                best, hi = kept, mid  # no clipping was needed: the ratio alone meets the budget
-            else:
-                lo = mid
-        return best
+    def uniform_under_budget(self, grid: int = 2000) -> list[int]:
+        """The uniform baseline: the smallest common removal ratio whose counts fit every budget,
+        then passed through the clipper, whose lower side lets the last groups take up what the
+        rounding left (so the budget is used as fully as the rules allow).
+
+        The ratio is searched on a fine grid in one batched evaluation per cost rather than by
+        bisection: a latency cost need not fall as the common ratio grows."""
+        clipper = self.clipper
+        ratios = np.linspace(0.0, clipper.rule.max_ratio, grid + 1)
+        # KeepRule.keep for every ratio at once: round the raw count up to the next allowed one.
+        counts = np.empty((len(ratios), self.n))
+        for g, (size, cands) in enumerate(zip(clipper.sizes, clipper.candidates)):
+            raw = size - np.floor(ratios * size + 1e-9)
+            counts[:, g] = cands[np.minimum(np.searchsorted(cands, raw), len(cands) - 1)]
+        fits = np.ones(len(ratios), dtype=bool)
+        for cost in clipper.costs:
+            fits &= cost.fits(cost.model(counts))
+        if not fits.any():  # no common ratio fits: the clipper alone decides, from the hardest ratio
+            return self.uniform(clipper.rule.max_ratio)
+        uniform = counts[np.flatnonzero(fits)[0]]
+        kept: list[int] = []
+        for l in range(self.n):
+            kept.append(clipper.clip(kept, 1.0 - uniform[l] / clipper.sizes[l])[0])
+        clipper.check(kept)
+        return kept
+
+
+def _after(own: np.ndarray) -> np.ndarray:
+    """Sum of the shares of the groups after each group."""
+    return np.concatenate([np.cumsum(own[::-1])[::-1][1:], [0.0]])

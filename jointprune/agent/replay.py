@@ -3,13 +3,21 @@
 Each transition is (state, action, reward, next_state, done, epoch). The epoch index
 is stored instead of the environment embedding z because z changes while the GRU
 trains: the caller recomputes z for a sampled batch from its epoch indices.
+
+Each transition also records where its episode ended: `to_go` (steps until the episode's done
+transition, 0 for that one; -1 while the episode is unfinished within one `add` call) and
+`final_reward` (the done transition's reward). The method rewards only the finished
+sub-network (METHOD.md section 3), so the observed return from a transition is
+gamma**to_go * final_reward: the critic can learn from it directly instead of waiting for a
+terminal reward to creep back through L bootstrapped steps (see SoftActorCritic.update).
+Episodes must therefore be added whole, in one call, as the AgentEpisodes callback does.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-_FIELDS = ("state", "action", "reward", "next_state", "done", "epoch")
+_FIELDS = ("state", "action", "reward", "next_state", "done", "epoch", "to_go", "final_reward")
 
 
 class ReplayBuffer:
@@ -26,6 +34,8 @@ class ReplayBuffer:
         self.next_state = torch.zeros(capacity, state_dim, **f32)
         self.done = torch.zeros(capacity, **f32)
         self.epoch = torch.zeros(capacity, dtype=torch.long, device=self.device)
+        self.to_go = torch.full((capacity,), -1, dtype=torch.long, device=self.device)
+        self.final_reward = torch.zeros(capacity, **f32)
         self.pos = 0  # next write slot
         self.size = 0  # number of valid slots
 
@@ -50,6 +60,7 @@ class ReplayBuffer:
             "done": self._as(done, torch.float32, n, None),
             "epoch": self._as(epoch, torch.long, n, None),
         }
+        batch["to_go"], batch["final_reward"] = _episode_ends(batch["done"], batch["reward"])
         if n > self.capacity:  # only the newest `capacity` transitions would survive anyway
             batch = {k: v[-self.capacity:] for k, v in batch.items()}
             n = self.capacity
@@ -97,5 +108,26 @@ class ReplayBuffer:
             if int(d[key]) != getattr(self, key):
                 raise ValueError(f"ReplayBuffer {key} mismatch: checkpoint has {d[key]}, buffer has {getattr(self, key)}.")
         for k in _FIELDS:
-            getattr(self, k)[:len(d[k])].copy_(d[k])
+            if k in d:
+                getattr(self, k)[:len(d[k])].copy_(d[k])
+            elif k == "to_go":  # a checkpoint from before returns were stored: unknown (TD only)
+                self.to_go.fill_(-1)
         self.pos, self.size = int(d["pos"]), int(d["size"])
+
+
+def _episode_ends(done: Tensor, reward: Tensor) -> tuple[Tensor, Tensor]:
+    """Per transition of one add() call: steps to the next done transition and its reward
+    (-1 and 0 where no done follows in the call)."""
+    n = done.shape[0]
+    to_go = torch.full((n,), -1, dtype=torch.long, device=done.device)
+    final = torch.zeros(n, dtype=torch.float32, device=done.device)
+    steps, value = -1, 0.0
+    ends = (done > 0.5).tolist()
+    rewards = reward.tolist()
+    for i in range(n - 1, -1, -1):  # episodes are tens of steps: a Python loop is fine
+        if ends[i]:
+            steps, value = 0, rewards[i]
+        elif steps >= 0:
+            steps += 1
+        to_go[i], final[i] = steps, value if steps >= 0 else 0.0
+    return to_go, final

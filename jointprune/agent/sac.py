@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..errors import JointPruneError
 from .env_repr import _mlp
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -74,10 +75,14 @@ class SoftActorCritic(nn.Module):
         alpha: float = 0.1,
         gamma: float = 0.99,
         tau: float = 0.005,
+        return_weight: float = 0.0,
     ):
         super().__init__()
+        if not 0.0 <= return_weight <= 1.0:
+            raise JointPruneError(f"model.agent.return_weight must be in [0, 1], got {return_weight}.")
         self.state_dim, self.z_dim, self.action_dim = state_dim, z_dim, action_dim
         self.max_action, self.alpha, self.gamma, self.tau = float(max_action), float(alpha), float(gamma), float(tau)
+        self.return_weight = float(return_weight)
         self.actor = GaussianActor(state_dim + z_dim, action_dim, hidden, max_action)
         q_in = state_dim + z_dim + action_dim
         self.q1, self.q2 = _mlp(q_in, tuple(hidden), 1), _mlp(q_in, tuple(hidden), 1)
@@ -104,8 +109,11 @@ class SoftActorCritic(nn.Module):
         return torch.cat([state, z], dim=-1)
 
     @torch.no_grad()
-    def act(self, state: Tensor, z: Tensor, deterministic: bool = False, generator: torch.Generator | None = None) -> Tensor:
-        """Action(s) in [0, max_action]; [state_dim] -> [action_dim], [n, state_dim] -> [n, action_dim]."""
+    def act(self, state: Tensor, z: Tensor, generator: torch.Generator | None = None, deterministic: bool = False) -> Tensor:
+        """Action(s) in [0, max_action]; [state_dim] -> [action_dim], [n, state_dim] -> [n, action_dim].
+
+        deterministic=True returns the policy mean pushed through the squash (no noise, the
+        generator is untouched): the agent's current best guess, for a greedy episode."""
         single = state.dim() == 1
         x = self._actor_input(state.unsqueeze(0) if single else state, z)
         a, _ = self.actor(x, deterministic=deterministic, generator=generator)
@@ -132,6 +140,14 @@ class SoftActorCritic(nn.Module):
         z is recomputed by the caller with the current GRU; it is detached here as well so the
         agent's losses never train the environment representation (only the decoder does).
         actor_opt and critic_opt must be distinct optimizers over actor / critic parameters.
+
+        If the batch carries "return" (the discounted return observed from each transition to
+        its episode's end, NaN where unknown), the critic target is
+        return_weight * return + (1 - return_weight) * soft TD target. The reward comes only at
+        an episode's end, so a pure TD target needs the terminal value to creep back one step
+        per target-net refresh (~1/tau updates) over all L groups; the observed return gives
+        every step its credit at once, and the TD part keeps the twin target critics and the
+        entropy bonus in the target.
         """
         dev = next(self.actor.parameters()).device  # move data to the modules, never the reverse
         s, a, s2 = batch["state"].to(dev), batch["action"].to(dev), batch["next_state"].to(dev)
@@ -143,6 +159,12 @@ class SoftActorCritic(nn.Module):
             a2, logp2 = self.actor(torch.cat([s2, z_next], -1), generator=generator)
             q_next = self._min_q(self.q1_target, self.q2_target, torch.cat([s2, z_next, a2], -1))
             target = r + self.gamma * (1.0 - done) * (q_next - self.alpha * logp2)
+            ret = batch.get("return")
+            if ret is not None and self.return_weight > 0.0:
+                ret = ret.to(dev).flatten()
+                known = torch.isfinite(ret)
+                mixed = self.return_weight * torch.nan_to_num(ret) + (1.0 - self.return_weight) * target
+                target = torch.where(known, mixed, target)
 
         sa = torch.cat([s, z, a], -1)
         q1, q2 = self.q1(sa).squeeze(-1), self.q2(sa).squeeze(-1)
@@ -177,6 +199,6 @@ class SoftActorCritic(nn.Module):
     def soft_update(self, tau: float | None = None) -> None:
         """target <- (1 - tau) * target + tau * online."""
         tau = self.tau if tau is None else tau
-        for tgt, src in ((self.q1_target, self.q1), (self.q2_target, self.q2)):
-            for pt, p in zip(tgt.parameters(), src.parameters()):
-                pt.lerp_(p, tau)
+        # One fused call over every tensor: the per-tensor loop was a visible share of a small update.
+        targets = list(self.q1_target.parameters()) + list(self.q2_target.parameters())
+        torch._foreach_lerp_(targets, self.critic_parameters(), tau)

@@ -1,7 +1,13 @@
 """AgentEpisodes: at the end of each joint-phase epoch, run P pruning episodes on the current
 weights, score each sub-network on the reward split, store the transitions, and keep the best
 sub-network found so far (the incumbent), re-scored on the current weights first because old
-rewards were measured on older weights."""
+rewards were measured on older weights.
+
+The best of many noisy scores is biased upward, so an episode that beats the incumbent on the
+screening images (`reward.max_samples`) only replaces it after both are re-scored on the other,
+disjoint reward images (`reward.confirm_samples`). One episode per epoch follows the policy's
+mean action (deterministic). At the start of every epoch with masks, lambda is set per group
+(`alignment.empty_by`) so that the removed channels are empty by the cut."""
 from __future__ import annotations
 
 import time
@@ -12,6 +18,7 @@ import torch
 from ..agent.reward import RewardScorer
 from ..errors import JointPruneError
 from ..pruning import group_importance, top_k_masks
+from ..pruning.align import deadline_weights
 from .sync import all_reduce_sum, broadcast_object, is_agent_point, rank_and_world, shard
 
 
@@ -24,14 +31,57 @@ class AgentEpisodes(L.Callback):
         if dm is None or not hasattr(dm, "reward_tensors"):
             raise JointPruneError("data must be a jointprune DataModule (or provide reward_tensors()) so the "
                                   "agent can score sub-networks on a held-out reward split.")
-        if hasattr(dm, "reward_split"):  # this rank's shard, compact (uint8), normalised per batch
-            x, y, normalize = dm.reward_split(*rank_and_world(), limit=pm.reward_opts.max_samples)
+        a = pm.alignment
+        if a.empty_by is not None and (a.squared or not 0 < a.empty_by <= 1):
+            raise JointPruneError(f"model.alignment.empty_by={a.empty_by} must be in (0, 1] and needs the unsquared "
+                                  "norm (alignment.squared: false); or set empty_by: null for a constant lambda.")
+        r = pm.reward_opts
+        total = len(dm.splits["reward"]) if hasattr(dm, "reward_split") else len(dm.reward_tensors()[1])
+        screen = r.max_samples if r.max_samples is not None else total
+        # the first `screen` reward images score every episode; a contender that beats the
+        # incumbent there is confirmed on the next `confirm_samples`, disjoint ones
+        self.scorer = self._scorer(pm, dm, 0, screen)
+        self.confirmer = None
+        if r.confirm_samples is not None and r.confirm_samples > 0 and screen < total:
+            self.confirmer = self._scorer(pm, dm, screen, r.confirm_samples)
+
+    @staticmethod
+    def _scorer(pm, dm, start: int, count: int) -> RewardScorer:
+        """A scorer over reward images [start, start + count): this rank's shard, compact (uint8)
+        and normalised per batch on the device where the DataModule offers it."""
+        if hasattr(dm, "reward_split"):
+            x, y, normalize = dm.reward_split(*rank_and_world(), limit=count, start=start)
         else:
             x, y = dm.reward_tensors()
-            x, y, normalize = shard(x[:pm.reward_opts.max_samples]), shard(y[:pm.reward_opts.max_samples]), None
-        self.scorer = RewardScorer(pm.plan, x.to(pm.device), y.to(pm.device), normalize=normalize,
-                                   batch_size=pm.reward_opts.batch_size, all_reduce=all_reduce_sum,
-                                   precision=pm.precision_context)
+            x, y, normalize = shard(x[start:start + count]), shard(y[start:start + count]), None
+        return RewardScorer(pm.plan, x.to(pm.device), y.to(pm.device), normalize=normalize,
+                            batch_size=pm.reward_opts.batch_size, all_reduce=all_reduce_sum,
+                            precision=pm.precision_context)
+
+    def on_train_epoch_start(self, trainer, pm) -> None:
+        """lambda per group for this epoch: strong enough that the removed slices empty before the cut."""
+        masks = pm.current_masks()
+        a = pm.alignment
+        if masks is None or a.empty_by is None or a.weight <= 0:
+            pm.aligner.set_group_weights(None)
+            return
+        steps = trainer.num_training_batches
+        epochs_left = pm.epochs["extract_at"] - trainer.current_epoch
+        if not (isinstance(steps, int) or float(steps).is_integer()) or epochs_left < 1:
+            pm.aligner.set_group_weights(None)
+            return
+        opt = pm.optimizers()[0] if isinstance(pm.optimizers(), list) else pm.optimizers()
+        lr = opt.param_groups[0]["lr"]
+        norms = pm.aligner.group_norms(pm.cnn, masks)
+        lam = deadline_weights(norms, base=a.weight, lr=lr, momentum=pm.optim.momentum,
+                               steps_left=int(steps) * epochs_left, empty_by=a.empty_by, proximal=a.proximal)
+        # Channels already emptied measure ~0 and would get only the floor, and the loss regrows
+        # them: while the removed channels stay the same, lambda never goes down.
+        last = getattr(pm, "align_floor", None)  # checkpointed by the module, so resume is exact
+        if last is not None and all(torch.equal(m.cpu(), o) for m, o in zip(masks, last["masks"])):
+            lam = torch.maximum(lam, last["lam"].to(lam.device))
+        pm.align_floor = {"masks": [m.detach().cpu() for m in masks], "lam": lam.detach().cpu()}
+        pm.aligner.set_group_weights(lam)
 
     def on_train_batch_end(self, trainer, pm, outputs, batch, batch_idx) -> None:
         if is_agent_point(trainer, batch_idx):  # why there, not at the epoch end: callbacks/sync.py
@@ -50,14 +100,17 @@ class AgentEpisodes(L.Callback):
         with torch.no_grad():
             scores = group_importance(pm.cnn, pm.structure, pm.pruning.importance)
             recal, batch_stats = pm.reward_calibration()
+            screened = -float("inf")
             if pm.incumbent_kept is not None:  # old rewards were earned on older weights
                 pm.incumbent_masks = top_k_masks(scores, pm.incumbent_kept)
-                pm.incumbent_reward = self.scorer(pm.cnn, pm.incumbent_masks, recal, batch_stats)
+                screened = self.scorer(pm.cnn, pm.incumbent_masks, recal, batch_stats)
+                pm.incumbent_reward = screened
             z = pm.env_repr.z(t).detach().cpu()
             random = t < pm.agent_opts.random_epochs
-            rewards = []
-            for _ in range(pm.agent_opts.episodes_per_epoch):
-                episode = self._rollout(pm, z, random)
+            rewards, contenders = [], []
+            # the stochastic episodes, then one at the policy's mean (deterministic)
+            for i in range(pm.agent_opts.episodes_per_epoch + (0 if random else 1)):
+                episode = self._rollout(pm, z, random, deterministic=i == pm.agent_opts.episodes_per_epoch)
                 masks = top_k_masks(scores, episode.kept)
                 reward = self.scorer(pm.cnn, masks, recal, batch_stats)
                 rewards.append(reward)
@@ -66,13 +119,33 @@ class AgentEpisodes(L.Callback):
                 r[-1] = reward  # only the finished sub-network is scored
                 pm.replay.add(episode.states, episode.actions[:, None], r, episode.next_states, episode.dones,
                               torch.full((n,), t, dtype=torch.long))
-                if reward > pm.incumbent_reward:
-                    pm.incumbent_kept, pm.incumbent_reward, pm.incumbent_masks = list(episode.kept), reward, masks
+                if reward > screened:
+                    contenders.append((reward, list(episode.kept), masks))
+            confirmed = self._accept(pm, contenders, recal, batch_stats)
         pm.epoch_stats = {
             "reward_mean": sum(rewards) / len(rewards), "reward_best": max(rewards),
             "incumbent_reward": pm.incumbent_reward, "flops_ratio": pm.flops_ratio(),
             "agent_seconds": time.perf_counter() - start, "random_actions": float(random),
+            "contenders_confirmed": float(confirmed),
         }
+
+    def _accept(self, pm, contenders, recal, batch_stats) -> int:
+        """Replace the incumbent by the best screened contender only if it also wins on the
+        disjoint confirmation images (both re-scored there on the current weights). Returns how
+        many contenders were re-scored."""
+        if not contenders:
+            return 0
+        reward, kept, masks = max(contenders, key=lambda c: c[0])
+        if self.confirmer is None or pm.incumbent_kept is None:
+            pm.incumbent_kept, pm.incumbent_reward, pm.incumbent_masks = kept, reward, masks
+            return 0
+        incumbent = self.confirmer(pm.cnn, pm.incumbent_masks, recal, batch_stats)
+        challenger = self.confirmer(pm.cnn, masks, recal, batch_stats)
+        if challenger > incumbent:
+            pm.incumbent_kept, pm.incumbent_reward, pm.incumbent_masks = kept, challenger, masks
+        else:
+            pm.incumbent_reward = incumbent
+        return 1
 
     def _baseline(self, pm, start: float) -> None:
         """Uniform or random allocation, chosen once; no learning, same schedule otherwise."""
@@ -88,14 +161,15 @@ class AgentEpisodes(L.Callback):
                           "incumbent_reward": pm.incumbent_reward, "flops_ratio": pm.flops_ratio(),
                           "agent_seconds": time.perf_counter() - start, "random_actions": 0.0}
 
-    def _rollout(self, pm, z: torch.Tensor, random: bool):
+    def _rollout(self, pm, z: torch.Tensor, random: bool, deterministic: bool = False):
         """Actions are drawn on rank 0 and broadcast, so every rank scores the same sub-networks."""
         def policy(state):
             if random:
                 return float(pm.sac.random_action(1, generator=pm.agent_generator)[0, 0])
             with torch.no_grad():
                 dev = next(pm.sac.parameters()).device
-                action = pm.sac.act(state.to(dev), z.to(dev), generator=pm.agent_generator)
+                action = pm.sac.act(state.to(dev), z.to(dev), deterministic=deterministic,
+                                    generator=pm.agent_generator)
             return float(action.reshape(-1)[0])
         episode = pm.environment.rollout(policy)
         return broadcast_object(episode)

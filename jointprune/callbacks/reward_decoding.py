@@ -1,15 +1,15 @@
 """RewardDecoding: fit the per-epoch embeddings, the GRU and the reward decoder on the replay
 buffer, then run the SAC updates of the same epoch, so the critic sees a z_t that already
 explains this epoch's rewards. z of every stored transition is recomputed from its epoch index
-with the current GRU (detached)."""
+with the current GRU (detached). The work itself is jointprune.agent.training.update_phase
+(shared with experiments/benchmarks/bench_agent.py)."""
 from __future__ import annotations
 
 import time
 
 import lightning as L
-import torch
 
-from ..agent import fit_decoder
+from ..agent.training import update_phase
 from .sync import broadcast_modules, is_agent_point
 
 
@@ -23,26 +23,14 @@ class RewardDecoding(L.Callback):
         if not pm.agent_active(epoch) or len(pm.replay) == 0:
             return
         start = time.perf_counter()
-        opts = pm.agent_opts
         _, actor_opt, critic_opt, env_opt = [o.optimizer for o in pm.optimizers()]
-        stats = {}
-        if pm.env_opts.enabled and pm.env_opts.decoder_steps > 0:
-            stats = fit_decoder(pm.env_repr, pm.decoder, pm.replay, env_opt, pm.env_opts.decoder_steps,
-                                batch_size=pm.env_opts.batch_size, generator=pm.agent_generator)
-        losses = []
-        if len(pm.replay) >= opts.batch_size:
-            device = next(pm.sac.parameters()).device
-            for _ in range(opts.sac_updates):
-                batch = pm.replay.sample(opts.batch_size, generator=pm.agent_generator)
-                with torch.no_grad():
-                    z = pm.env_repr.z_many(batch["epoch"].to(device)).detach()
-                out = pm.sac.update(batch, z, z, actor_opt, critic_opt, generator=pm.agent_generator)
-                losses.append(float(out["critic_loss"]))
+        stats = update_phase(pm.sac, pm.env_repr, pm.decoder, pm.replay, actor_opt, critic_opt, env_opt,
+                             pm.agent_opts, pm.env_opts, generator=pm.agent_generator)
         # Every rank ran the same updates on the same data; broadcasting removes any drift.
         broadcast_modules(pm.sac, pm.env_repr, pm.decoder)
         pm.epoch_stats.update({
             "decoder_loss": float(stats.get("decoder_loss", float("nan"))),
             "decoder_loss_first": float(stats.get("decoder_loss_first", float("nan"))),
-            "critic_loss": sum(losses) / len(losses) if losses else float("nan"),
+            "critic_loss": float(stats.get("critic_loss", float("nan"))),
             "agent_seconds": pm.epoch_stats.get("agent_seconds", 0.0) + time.perf_counter() - start,
         })

@@ -5,13 +5,13 @@ does. The reward split is carved from the 50000 training images.
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
 
+from ..utils.safe_unpickle import safe_load
 from .base import DataError
 from .download import check_files, extract_verified, fetch
 from .memory import InMemoryDataModule
@@ -80,6 +80,7 @@ class _CIFARDataModule(InMemoryDataModule):
         self.num_classes = self.classes_count
         self.input_shape = (3, 32, 32)
         self.classes: list[str] | None = None  # class names, read from the meta file in setup
+        self.preprocess = {"source": "32x32 RGB, values 0..255, divided by 255 to [0, 1]", "resize": None}
 
     def prepare_data(self) -> None:
         """Verify the extracted files' md5s; with ``download=True`` fetch and extract if needed.
@@ -106,8 +107,8 @@ class _CIFARDataModule(InMemoryDataModule):
             )
         try:
             with open(path, "rb") as f:
-                # pickle runs code from the file: only load files whose md5 prepare_data checked
-                return pickle.load(f, encoding="latin1")
+                # a restricted unpickler: a planted batch file cannot run code
+                return safe_load(f, encoding="latin1")
         except Exception as e:  # unpickling can raise almost anything on a damaged file
             raise DataError(f"{self.title} file {path} is unreadable ({type(e).__name__}: {e}): expected {self.layout}.") from e
 

@@ -57,6 +57,10 @@ class DigitsDataModule(InMemoryDataModule):
         self.resize, self.channels, self.normalize, self.test_size = resize, channels, normalize, test_size
         side = resize or 8
         self.num_classes = 10
+        self.classes = [str(d) for d in range(10)]
+        # for the export: how a new 8x8 digit (values 0..16, as sklearn gives them) becomes an input
+        self.preprocess = {"source": "8x8 grey, values 0..16, divided by 16 to [0, 1]",
+                           "resize": resize, "interpolation": "bilinear", "channels": channels}
         self.input_shape = (channels, side, side)
         self.crop_padding = max(1, side // 8)  # 4 px at 32x32, like CIFAR's pad-4 crop
         self.test_indices: torch.Tensor | None = None  # into the 1797 images, set by setup

@@ -109,6 +109,10 @@ class ImageNetDataModule(BaseDataModule):
         self.num_classes = len(self.classes)
         self.input_shape = (3, crop_size, crop_size)
         resize_size = resize_size or round(crop_size * 256 / 224)
+        # for the export: how a new image becomes an input (torchvision's eval transform)
+        self.normalization = {"mean": list(mean), "std": list(std)}
+        self.preprocess = {"source": "RGB image, values 0..255, divided by 255 to [0, 1]",
+                           "resize": resize_size, "center_crop": crop_size, "interpolation": "bilinear"}
         norm = [T.ToTensor(), T.Normalize(mean, std)]
         self.train_transform = T.Compose([T.RandomResizedCrop(crop_size), T.RandomHorizontalFlip(), *norm])
         self.eval_transform = T.Compose([T.Resize(resize_size), T.CenterCrop(crop_size), *norm])

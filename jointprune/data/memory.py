@@ -95,6 +95,14 @@ class InMemoryDataModule(BaseDataModule):
         data["test"] = (test_x, test_y)
         self._data = {s: (x.to(device), y.to(device)) for s, (x, y) in data.items()}
 
+    @property
+    def normalization(self) -> dict | None:
+        """Per-channel mean/std applied to images scaled to [0, 1] (known after ``setup``);
+        the export records it so new images can be preprocessed as in training."""
+        if self._normalize is None:
+            return None
+        return {"mean": list(self._normalize.mean), "std": list(self._normalize.std)}
+
     def _device(self) -> torch.device:
         """The Trainer's device (this rank's GPU under DDP), else the current GPU, else CPU."""
         if self.trainer is not None:

@@ -1,7 +1,7 @@
 """The pruning engine: channel groups, exact FLOPs and budget, masks, alignment, extraction."""
 from .align import AlignmentRegularizer
 from .budget import BudgetClipper, KeepRule
-from .export import ExportError, load_pruned, load_report, save_pruned
+from .export import ExportError, export_onnx, load_pruned, load_report, save_pruned
 from .extract import extract_subnetwork
 from .flops import FlopsModel, check_budget
 from .importance import CRITERIA, group_importance, top_k_masks

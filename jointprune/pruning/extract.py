@@ -10,8 +10,10 @@ import copy
 import torch
 import torch.nn as nn
 
+from torch_pruning.pruner import function as tpf
+
 from .masks import MaskPlan
-from .structure import ChannelStructure
+from .structure import ChannelStructure, _is_grouped
 
 
 def cut_in_place(structure: ChannelStructure, masks: list[torch.Tensor]) -> None:
@@ -23,7 +25,37 @@ def cut_in_place(structure: ChannelStructure, masks: list[torch.Tensor]) -> None
         removed = torch.nonzero(~mask.cpu()).flatten().tolist()
         if removed:
             root = modules[group.name]
-            graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, removed).prune()
+            pruning_group = graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels, removed)
+            # torch-pruning slices a grouped conv's input channels as if every conv group lost the
+            # same offsets; top-k within each conv group may lose different ones, so those weights
+            # are gathered per conv group here and put back after the surgery.
+            grouped = [(item.dep.target.module, [int(i) for i in item.idxs]) for item in pruning_group.items
+                       if item.dep.handler == tpf.prune_conv_in_channels and _is_grouped(item.dep.target.module)]
+            gathered = [(conv, _gather_grouped_inputs(conv, idxs)) for conv, idxs in grouped]
+            pruning_group.prune()
+            for conv, (weight, grad) in gathered:
+                conv.weight = nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
+                conv.weight.grad = grad
+
+
+def _gather_grouped_inputs(conv: nn.Module, removed: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weight (and gradient) of grouped conv `conv` without the input channels `removed`, each
+    output filter keeping the input offsets its own conv group keeps."""
+    g, width = conv.groups, conv.in_channels
+    per = width // g
+    gone = set(removed)
+    kept = [[c - j * per for c in range(j * per, (j + 1) * per) if c not in gone] for j in range(g)]
+    if len({len(k) for k in kept}) != 1:
+        raise ValueError(f"grouped conv {conv} would lose unequal numbers of channels per conv group.")
+    rows = torch.tensor(kept, dtype=torch.long, device=conv.weight.device)  # [groups, kept per group]
+    index = rows.repeat_interleave(conv.out_channels // g, dim=0)            # [out, kept per group]
+
+    def gather(t):
+        if t is None:
+            return None
+        return torch.gather(t, 1, index.view(*index.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:]))
+
+    return gather(conv.weight.detach()), gather(conv.weight.grad)
 
 
 def extract_subnetwork(model: nn.Module, structure: ChannelStructure, masks: list[torch.Tensor]) -> nn.Module:
@@ -33,8 +65,9 @@ def extract_subnetwork(model: nn.Module, structure: ChannelStructure, masks: lis
     was_training = small.training
     example = structure.example_input.to(next(small.parameters()).device)
     # Build the dependency graph of the copy; groups are matched to the live ones by root name.
-    copy_structure = ChannelStructure(small, example, prune_coupled=structure.prune_coupled)
+    copy_structure = ChannelStructure(small, example, prune_coupled=structure.prune_coupled, quiet=True)
     live = {g.name: i for i, g in enumerate(structure.groups)}
+    copy_structure.groups = [g for g in copy_structure.groups if g.name in live]  # some may have been left dense
     cut_in_place(copy_structure, [masks[live[g.name]] for g in copy_structure.groups])
     small.train(was_training)
     return small

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 from torch_pruning.utils import op_counter
 
+from .masks import MaskPlan
 from .structure import ChannelStructure, StructureError, forward_with_hooks
 
 _NUMEL_IN = (tuple(k for k, v in op_counter.MODULES_MAPPING.items()
@@ -85,18 +86,24 @@ class Quadratic:
 
 class FlopsModel:
     """Vectorised exact FLOPs (and the budget bounds) for a ChannelStructure."""
+    name = "flops"  # a cost model's name (BudgetClipper's cost interface)
 
     def __init__(self, structure: ChannelStructure):
         self.structure = structure
-        self.sizes = np.asarray(structure.sizes, dtype=np.float64)
         x = structure.example_input[:1]
         model = structure.model
         was_training = model.training
         model.eval()
         try:
-            self.poly = self._fit(model, structure, x)
+            while True:
+                try:
+                    self.poly = self._fit(model, structure, x)
+                    break
+                except _BrokenGroup as broken:  # leave it dense and measure the others again
+                    structure.leave_dense(broken.index, broken.reason)
         finally:
             model.train(was_training)
+        self.sizes = np.asarray(structure.sizes, dtype=np.float64)
         # Symmetrise so that batched evaluation is one einsum.
         self._quad = (self.poly.quad + self.poly.quad.T) / 2
         self.dense = self(self.sizes)
@@ -105,27 +112,36 @@ class FlopsModel:
     def _fit(model: nn.Module, structure: ChannelStructure, x: torch.Tensor) -> Quadratic:
         # Surgery happens on a copy, so the live model stays untouched.
         probe = copy.deepcopy(model)
-        probe_structure = ChannelStructure(probe, x, prune_coupled=structure.prune_coupled)
+        probe_structure = ChannelStructure(probe, x, prune_coupled=structure.prune_coupled, quiet=True)
         base = _record_calls(probe, x)
         names = [g.name for g in structure.groups]
-        if [g.name for g in probe_structure.groups] != names:
+        if not set(names) <= {g.name for g in probe_structure.groups}:
             raise StructureError("the network's channel groups changed between two traces; "
                                  "jointprune needs a deterministic forward pass.")
         probe_modules = dict(probe.named_modules())
         n = len(names)
         deltas = []
+        plan = MaskPlan(structure)
+        removed = [torch.ones(size, dtype=torch.bool) for size in structure.sizes]  # the probe's cuts as masks
         prev = [_quantities(c) for c in base]
         for g, name in enumerate(names):
             root = probe_modules[name]
             fn = probe_structure.graph.get_pruner_of_module(root).prune_out_channels
-            last = probe_structure.graph.get_out_channels(root) - 1
-            probe_structure.graph.get_pruning_group(root, fn, [last]).prune()
+            # One step: the last channel of each segment (a grouped conv keeps equal conv groups,
+            # and removing the same offset everywhere is what torch-pruning's surgery supports).
+            multiple = structure.groups[g].multiple
+            segment = probe_structure.graph.get_out_channels(root) // multiple
+            step = [segment * (j + 1) - 1 for j in range(multiple)]
+            probe_structure.graph.get_pruning_group(root, fn, step).prune()
+            removed[g][step] = False
+            _check_step(probe, model, plan, removed, x, g, name)
             now = [_quantities(c) for c in _record_calls(probe, x)]
             if len(now) != len(prev):
                 raise StructureError("the network's forward pass changed its layer calls after pruning; "
                                      "jointprune needs a static forward pass.")
-            # One channel fewer in group g changes each quantity by -w_g.
-            deltas.append([{k: prev[i][k] - now[i][k] for k in prev[i]} for i in range(len(now))])
+            # One channel fewer in group g changes each quantity by -w_g: every count is affine in
+            # the kept channels, so a step of `multiple` channels changes it by multiple x w_g.
+            deltas.append([{k: (prev[i][k] - now[i][k]) / multiple for k in prev[i]} for i in range(len(now))])
             prev = now
 
         def affine(i: int, key: str) -> Affine:
@@ -166,6 +182,31 @@ class FlopsModel:
         k = np.tile(self.sizes, (len(self.sizes), 1))
         np.fill_diagonal(k, 0.0)
         return self.dense - self(k)
+
+
+class _BrokenGroup(Exception):
+    def __init__(self, index: int, reason: str):
+        super().__init__(reason)
+        self.index, self.reason = index, reason
+
+
+def _check_step(probe: nn.Module, model: nn.Module, plan: MaskPlan, masks, x: torch.Tensor, g: int, name: str) -> None:
+    """The probe, cut by torch-pruning, must compute what the live model masked the same way does:
+    a group whose index mapping torch-pruning got wrong (it can, silently, around a channel
+    shuffle) fails here and is left dense instead of giving a masked network that extraction
+    does not reproduce."""
+    with torch.no_grad():
+        try:
+            cut = probe(x)
+        except RuntimeError as err:
+            raise _BrokenGroup(g, f"torch-pruning's surgery on the channels of {{names}} breaks the forward pass "
+                                  f"({type(err).__name__} in a later layer: its index mapping is wrong there), so they "
+                                  "stay dense") from None
+        masked = plan.forward(model, x, masks)
+    scale = max(1.0, float(masked.abs().max()))
+    if cut.shape != masked.shape or float((cut - masked).abs().max()) > 1e-4 * scale:
+        raise _BrokenGroup(g, "torch-pruning maps the channels of {names} to the wrong slices of some layer "
+                              "(the cut network differs from the masked one), so they stay dense")
 
 
 def _quantities(call: dict) -> dict:

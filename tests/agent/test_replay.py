@@ -52,3 +52,19 @@ def test_state_dict_round_trip_resumes_identically():
 def test_load_rejects_other_shapes():
     with pytest.raises(ValueError, match="state_dim"):
         ReplayBuffer(8, state_dim=4).load_state_dict(ReplayBuffer(8, state_dim=3).state_dict())
+
+
+def test_episode_ends_are_recorded_per_transition():
+    buf = ReplayBuffer(20, state_dim=1)
+    # Two whole episodes (lengths 3 and 2) and an unfinished tail of 2 in one call.
+    done = torch.tensor([0, 0, 1, 0, 1, 0, 0], dtype=torch.float32)
+    reward = torch.tensor([0, 0, 0.7, 0, 0.9, 0, 0])
+    buf.add(torch.zeros(7, 1), torch.zeros(7), reward, torch.zeros(7, 1), done, 0)
+    b = buf.all()
+    assert b["to_go"].tolist() == [2, 1, 0, 1, 0, -1, -1]
+    torch.testing.assert_close(b["final_reward"], torch.tensor([0.7, 0.7, 0.7, 0.9, 0.9, 0.0, 0.0]))
+    # A checkpoint written before these fields existed loads with unknown returns.
+    old = {k: v for k, v in buf.state_dict().items() if k not in ("to_go", "final_reward")}
+    other = ReplayBuffer(20, state_dim=1)
+    other.load_state_dict(old)
+    assert other.all()["to_go"].tolist() == [-1] * 7

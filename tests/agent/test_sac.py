@@ -97,3 +97,18 @@ def test_one_step_bandit_converges_to_best_action():
     for _ in range(300):
         sac.update(buf.sample(64, g), z, z, actor_opt, critic_opt)
     assert abs(sac.act(zeros_s, zeros_z, deterministic=True).item() - 0.3) < 0.1
+
+
+def test_deterministic_act_is_the_squashed_mean_and_draws_no_noise():
+    torch.manual_seed(0)
+    sac = SoftActorCritic(state_dim=3, z_dim=2, max_action=0.8)
+    s, z = torch.randn(5, 3), torch.randn(2)
+    g = torch.Generator().manual_seed(7)
+    before = g.get_state()
+    a = sac.act(s, z, generator=g, deterministic=True)
+    assert torch.equal(g.get_state(), before)  # no noise drawn
+    mu, _ = sac.actor.dist_params(torch.cat([s, z.expand(5, 2)], -1))
+    torch.testing.assert_close(a, (torch.tanh(mu) + 1.0) * 0.4)
+    assert torch.equal(a, sac.act(s, z, deterministic=True))  # repeatable
+    assert not torch.equal(a, sac.act(s, z, generator=g))  # the stochastic action differs
+    assert sac.act(s[0], z, None, True).shape == (1,)  # positional order: generator, deterministic

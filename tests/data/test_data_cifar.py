@@ -191,3 +191,32 @@ def test_wrong_array_shape_is_reported(official):
     (root / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(bad, protocol=2))
     with pytest.raises(DataError, match=r"expected uint8 Nx3072"):
         CIFAR10DataModule(root).setup()
+
+
+class _Payload:
+    """Unpickling this calls os.system: what a planted batch file would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_planted_batch_file_never_runs_code(official, tmp_path):
+    root, _ = official(CIFAR10DataModule)
+    marker = tmp_path / "owned"
+    planted = {b"data": _Payload(marker), b"labels": [0]}
+    (root / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(planted, protocol=2))
+    with pytest.raises(DataError, match="test_batch is unreadable.*refused global"):
+        CIFAR10DataModule(root).setup()
+    assert not marker.exists()
+
+
+def test_python3_pickles_of_numpy_arrays_still_load(tmp_path):
+    from jointprune.utils.safe_unpickle import safe_load
+    data = {b"data": np.arange(6, dtype=np.uint8).reshape(2, 3), "labels": [1, 2], b"name": b"x"}
+    for protocol in (2, 4, 5):
+        loaded = safe_load(io.BytesIO(pickle.dumps(data, protocol=protocol)))
+        assert np.array_equal(loaded[b"data"], data[b"data"]) and loaded["labels"] == [1, 2]

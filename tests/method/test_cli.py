@@ -21,6 +21,7 @@ def test_fit_then_test_with_a_user_cnn(tmp_path):
     assert report["num_classes"] == 10
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert saved["model"]["cnn"]["class_path"] == "tiny.TinyCNN"
+    assert saved["model"]["cnn"]["init_args"]["num_classes"] == 10  # the data's, not TinyCNN's default 7
 
 
 def test_num_classes_comes_from_the_data(tmp_path):
@@ -29,8 +30,60 @@ def test_num_classes_comes_from_the_data(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     printed = yaml.safe_load(out.stdout)
     assert printed["model"]["cnn"]["init_args"]["width"] == 4
-    assert "num_classes" not in printed["model"]["cnn"]["init_args"]  # linked, not a user setting
     assert printed["model"]["flops_budget"] == 0.5
+
+
+def _last_line(out) -> str:
+    return out.stderr.strip().splitlines()[-1]
+
+
+# An impossible budget stops the run right after the CNN is built and checked: reaching that
+# sentence shows the network was named, built with the data's 10 classes and traced.
+IMPOSSIBLE = ("--model.flops_budget", "0.001")
+
+
+def test_a_torchvision_builder_function_gets_the_datas_classes():
+    out = run_cli("fit", "--config", TINY, "--model.cnn", "torchvision.models.mobilenet_v3_small", *IMPOSSIBLE)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert _last_line(out).startswith("jointprune: error: flops_budget=0.001 cannot be met"), out.stderr[-2000:]
+
+
+def test_a_zoo_name_gets_the_datas_classes():
+    out = run_cli("fit", "--config", TINY, "--model.cnn", "cifar_resnet20", *IMPOSSIBLE)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert _last_line(out).startswith("jointprune: error: flops_budget=0.001 cannot be met"), out.stderr[-2000:]
+
+
+def test_a_num_classes_that_contradicts_the_data_is_one_sentence():
+    out = run_cli("fit", "--config", TINY, "--model.cnn.init_args.num_classes", "5")
+    assert out.returncode == 2
+    assert _last_line(out) == (
+        "jointprune: error: model.cnn.init_args.num_classes=5 disagrees with the data, which has 10 classes; "
+        "leave num_classes unset (the data's is used) or set it to 10.")
+
+
+def test_a_tuple_output_is_one_sentence_before_training():
+    out = run_cli("fit", "--config", TINY, "--model.cnn.class_path", "cli_networks.TupleCNN")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "returns a tuple in training mode, not a logits tensor of shape (batch, classes)" in _last_line(out)
+    assert "[jointprune] epoch" not in out.stdout + out.stderr
+
+
+def test_a_forward_export_cannot_capture_is_one_sentence_before_training():
+    out = run_cli("fit", "--config", TINY, "--model.cnn.class_path", "cli_networks.DataDependentCNN")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert _last_line(out).startswith("jointprune: error: torch.export cannot capture model.cnn's forward")
+    assert "[jointprune] epoch" not in out.stdout + out.stderr
+
+
+def test_an_imagenet_folder_without_class_folders_is_one_line(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "img.JPEG").write_bytes(b"not a class folder")
+    out = run_cli("fit", "--config", TINY, "--data.class_path", "jointprune.data.ImageNetDataModule",
+                  "--data.init_args.root", tmp_path, "--data.init_args.crop_size", "32")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert _last_line(out) == (f"jointprune: error: ImageNet data at {tmp_path / 'train'} has no class folders: "
+                               "expected class sub-folders of JPEG/PNG images (torchvision ImageFolder layout).")
 
 
 def test_bad_budget_is_one_sentence():

@@ -51,7 +51,8 @@ def test_fit_prunes_within_budget_and_exports(tmp_path):
     # Agent epochs 1 and 2 ran: one summary each, with finite rewards and the agent's time share.
     assert [h["epoch"] for h in report["history"]] == [1, 2]
     assert all(0.0 <= h["reward_mean"] <= 1.0 and h["agent_time_fraction"] > 0 for h in report["history"])
-    assert len(model.replay) == 2 * 3 * len(model.structure)
+    # epoch 1: 3 random episodes; epoch 2: 3 stochastic + 1 at the policy mean
+    assert len(model.replay) == (3 + 4) * len(model.structure)
     # The CNN was physically pruned at epoch 3 and kept training.
     assert model.extracted and report["extracted_at_epoch"] == 3
     loaded = load_pruned(export)

@@ -18,8 +18,6 @@ def test_training_step_with_masks_and_no_alignment_has_no_host_sync():
     assert dict(val.syncs) == {}  # masked validation reuses the epoch's masked parameters
 
 
-@pytest.mark.xfail(reason="pruning/align.py still reads device tensors on the host (the `align` helper's "
-                          "branch makes it sync-free; flip this after the merge)", strict=False)
 def test_training_step_with_alignment_has_no_host_sync():
     train, _ = bench.count("cifar_resnet20", "align")
     assert dict(train.syncs) == {}

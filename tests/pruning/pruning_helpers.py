@@ -101,8 +101,8 @@ class BranchyCNN(nn.Module):
         self.branch_b = nn.Sequential(nn.Conv2d(8, 10, 3, padding=1, bias=True), nn.BatchNorm2d(10), nn.ReLU())
         self.mix = cbr(16, 12, k=1)
         self.dw = cbr(12, 12, stride=2, groups=12)          # depthwise: rides along in mix's group
-        self.pw = cbr(12, 16, k=1)                            # feeds a grouped conv: stays dense
-        self.grouped = cbr(16, 16, groups=2)                  # grouped conv: its own outputs stay dense
+        self.pw = cbr(12, 16, k=1)                            # feeds a grouped conv: pruned in 2 halves
+        self.grouped = cbr(16, 16, groups=2)                  # grouped conv: its outputs in 2 halves too
         self.head_conv = cbr(16, 10, k=1)
         self.pool = nn.AdaptiveAvgPool2d(2)
         self.fc = nn.Linear(10 * 4, num_classes)
@@ -115,7 +115,7 @@ class BranchyCNN(nn.Module):
 
 
 # Groups BranchyCNN must offer, in forward order (the root layer names torch-pruning picks).
-BRANCHY_GROUPS = ["stem.0", "branch_a.0", "branch_b.0", "mix.0", "head_conv.0"]
+BRANCHY_GROUPS = ["stem.0", "branch_a.0", "branch_b.0", "mix.0", "pw.0", "grouped.0", "head_conv.0"]
 
 
 class ConvNet(nn.Module):

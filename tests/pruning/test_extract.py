@@ -192,12 +192,15 @@ def test_user_cnn_with_concat_depthwise_and_grouped_conv():
             budget = float(rng.uniform(0.35, 0.9))
             kept = random_episode(BudgetClipper(fm, budget), rng)
             small, _ = _check_extraction(model, st, fm, plan, top_k_masks(scores, kept), kept, budget, x)
-            # The grouped conv (and pw, which feeds it) stay whole; the depthwise conv follows mix.
-            assert torch.equal(small.grouped[0].weight, model.grouped[0].weight)
-            assert small.pw[0].out_channels == 16 and small.pw[0].in_channels == kept[3]
+            # pw and the grouped conv lose channels in equal halves (groups=2); the depthwise
+            # conv follows mix.
+            assert kept[4] % 2 == 0 and kept[5] % 2 == 0
+            assert small.grouped[0].groups == 2 and small.grouped[0].in_channels == kept[4]
+            assert small.grouped[0].out_channels == kept[5] and small.head_conv[0].in_channels == kept[5]
+            assert small.pw[0].out_channels == kept[4] and small.pw[0].in_channels == kept[3]
             assert small.dw[0].groups == small.dw[0].out_channels == kept[3]
             assert small.mix[0].in_channels == kept[1] + kept[2]
-            assert small.fc.in_features == 4 * kept[4]
+            assert small.fc.in_features == 4 * kept[6]
 
 
 @pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_mobilenet_v2"])
@@ -238,3 +241,18 @@ def test_extract_rejects_bad_masks():
     st = ChannelStructure(model, torch.randn(1, 3, 32, 32))
     with pytest.raises(MaskError, match="expected one mask per prunable group"):
         extract_subnetwork(model, st, full_masks(st)[:3])
+
+
+def test_grouped_conv_keeps_different_offsets_per_conv_group():
+    """Top-k within each conv group may keep different input offsets in each: the extracted grouped
+    conv gathers each conv group's own columns, so masked and extracted outputs agree."""
+    model = calibrate_bn(BranchyCNN(), (8, 3, 16, 16))
+    x = torch.randn(4, 3, 16, 16)
+    st = ChannelStructure(model, x[:1])
+    masks = full_masks(st)
+    pw = next(g for g in st.groups if g.name == "pw.0")
+    masks[pw.index] = torch.tensor([1, 0, 1, 1, 0, 1, 1, 1] + [0, 1, 1, 1, 1, 1, 0, 1], dtype=torch.bool)
+    small = extract_subnetwork(model, st, masks)
+    assert small.grouped[0].in_channels == 12 and small.grouped[0].weight.shape[1] == 6
+    with torch.no_grad():
+        assert torch.allclose(MaskPlan(st).forward(model, x, masks), small(x), atol=1e-5)

@@ -109,7 +109,9 @@ def test_random_kept_vectors_match_the_counter_on_the_extracted_network(case):
     scores = group_importance(model, st, "l1")
     rng = np.random.default_rng(1)
     sizes = np.array(st.sizes)
-    vectors = [np.ones_like(sizes), sizes - 1] + [rng.integers(1, sizes + 1) for _ in range(3)]
+    # Groups tied to a grouped conv keep multiples of its conv-group count (one per conv group at least).
+    step = np.array([g.multiple for g in st.groups])
+    vectors = [step, sizes - step] + [rng.integers(1, sizes // step + 1) * step for _ in range(3)]
     for kept in vectors:
         small = extract_subnetwork(model, st, top_k_masks(scores, kept.tolist()))
         assert fm(kept) == _count(small, x1)

@@ -102,3 +102,21 @@ def test_min_channels_and_round_to_reach_the_masks(rule):
                 # The kept channels are the top-k: none removed scores above a kept one.
                 if k < n:
                     assert s[m].min() >= s[~m].max()
+
+
+def test_grouped_conv_groups_keep_the_top_k_of_each_conv_group():
+    from pruning_helpers import BranchyCNN
+    model = BranchyCNN()
+    st = ChannelStructure(model, torch.randn(1, 3, 16, 16))
+    scores = group_importance(model, st, "l1")
+    pw = next(g for g in st.groups if g.name == "pw.0")
+    assert pw.multiple == 2 and scores[pw.index].shape == (2, 8)  # one row per conv group
+    # Make conv group 0's best channels all sit in its first half, conv group 1's in its second.
+    scores[pw.index] = torch.tensor([[8., 7, 6, 5, 1, 1, 1, 1], [1., 1, 1, 1, 5, 6, 7, 8]])
+    kept = [g.size for g in st.groups]
+    kept[pw.index] = 8
+    mask = top_k_masks(scores, kept)[pw.index]
+    assert mask.tolist() == [True] * 4 + [False] * 4 + [False] * 4 + [True] * 4
+    kept[pw.index] = 7
+    with pytest.raises(ValueError, match="must be a multiple of 2, got 7"):
+        top_k_masks(scores, kept)

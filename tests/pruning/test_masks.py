@@ -104,7 +104,8 @@ def test_masked_parameters_only_cover_the_produced_slices():
     out = MaskPlan(st).masked_parameters(model, _random_masks(st))
     owners = {n.rsplit(".", 1)[0] for n in out}
     assert owners == {"stem.0", "stem.1", "branch_a.0", "branch_a.1", "branch_b.0", "branch_b.1",
-                      "mix.0", "mix.1", "dw.0", "dw.1", "head_conv.0", "head_conv.1"}
+                      "mix.0", "mix.1", "dw.0", "dw.1", "pw.0", "pw.1", "grouped.0", "grouped.1",
+                      "head_conv.0", "head_conv.1"}
     assert all(v.requires_grad for v in out.values())
 
 

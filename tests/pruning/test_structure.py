@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from jointprune.pruning import ChannelStructure, StructureError
+from jointprune.pruning import ChannelStructure, FlopsModel, MaskPlan, StructureError, extract_subnetwork, full_masks
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pruning_helpers import AddNet, BranchyCNN, ConvNet, image_size, make_model, one_sentence, one_thread  # noqa: E402,F401
@@ -74,15 +74,19 @@ def test_user_cnn_with_concat_depthwise_and_grouped_conv():
     model = BranchyCNN()
     st = ChannelStructure(model, torch.randn(1, 3, 16, 16))
     owners = [_owners(g) for g in st.groups]
-    # stem, branch a, branch b, mix(+its depthwise conv), head conv; pw and grouped stay dense.
-    assert st.sizes == [8, 6, 10, 12, 10]
+    # stem, branch a, branch b, mix(+its depthwise conv), pw (feeds the grouped conv), the grouped
+    # conv's own outputs, head conv.
+    assert st.sizes == [8, 6, 10, 12, 16, 16, 10]
     assert owners[0] == {"stem.0", "stem.1"}
     assert owners[1] == {"branch_a.0", "branch_a.1"}
     assert owners[2] == {"branch_b.0", "branch_b.1"}
     assert owners[3] == {"mix.0", "mix.1", "dw.0", "dw.1"}
-    assert owners[4] == {"head_conv.0", "head_conv.1"}
-    for g in st.groups:  # pw's outputs and the grouped conv's inputs and outputs are never cut
-        assert not ({"pw.0", "pw.1", "grouped.0", "grouped.1"} & _owners(g)) and "grouped.0" not in _owners(g, "in_slices")
+    # A grouped conv's input channels are no plain slice of its weight: the group has none there.
+    assert owners[4] == {"pw.0", "pw.1"} and _owners(st.groups[4], "in_slices") == set()
+    assert owners[5] == {"grouped.0", "grouped.1"} and _owners(st.groups[5], "in_slices") == {"head_conv.0"}
+    assert owners[6] == {"head_conv.0", "head_conv.1"}
+    # groups=2: the channels on either side of the grouped conv go in two equal halves.
+    assert [g.multiple for g in st.groups] == [1, 1, 1, 1, 2, 2, 1]
     assert _owners(st.groups[3], "in_slices") == {"pw.0"}
     # The mix group's state features come from the pointwise conv, not the depthwise one.
     assert (st.groups[3].in_channels, st.groups[3].kernel_size) == (16, 1)
@@ -90,9 +94,79 @@ def test_user_cnn_with_concat_depthwise_and_grouped_conv():
     (col_b,) = st.groups[2].in_slices
     assert col_b.param_name == "mix.0.weight" and col_b.local_idx.tolist() == list(range(6, 16))
     # Flatten after a 2x2 pool: each head channel is four classifier inputs.
-    (fc_in,) = st.groups[4].in_slices
+    (fc_in,) = st.groups[6].in_slices
     assert fc_in.param_name == "fc.weight" and len(fc_in.local_idx) == 40
     assert torch.bincount(fc_in.root_idx).tolist() == [4] * 10
+    assert st.dense_reasons == []
+
+
+class ConcatIntoGroupedConv(nn.Module):
+    """Two branches concatenated into a grouped conv (groups=2): branch a fills conv group 0 and
+    half of conv group 1, so neither branch alone can lose channels equally from both."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.b = nn.Conv2d(3, 2, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.head = nn.Conv2d(8, 4, 1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.grouped(torch.relu(torch.cat([self.a(x), self.b(x)], 1)))
+        return self.fc(self.head(torch.relu(x)).mean((2, 3)))
+
+
+def test_concat_into_grouped_conv_stays_dense_with_a_sentence(caplog):
+    with caplog.at_level("WARNING", logger="jointprune"):
+        st = ChannelStructure(ConcatIntoGroupedConv(), torch.randn(1, 3, 8, 8))
+    assert [g.name for g in st.groups] == ["grouped", "head"] and [g.multiple for g in st.groups] == [2, 1]
+    (reason,) = st.dense_reasons
+    assert "'a'" in reason and "'b'" in reason and "grouped conv" in reason and one_sentence(reason)
+    assert reason in caplog.text
+
+
+class LinearOn4D(nn.Module):
+    """A pointwise MLP applied channels-last with nn.Linear (AddmmBackward0, not a residual add)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.conv(x).permute(0, 2, 3, 1)
+        x = self.fc2(torch.relu(self.fc1(x)))
+        return self.head(x.mean((1, 2)))
+
+
+def test_linear_on_4d_input_is_not_a_residual():
+    st = ChannelStructure(LinearOn4D(), torch.randn(1, 3, 6, 6))
+    assert [g.name for g in st.groups] == ["conv", "fc1", "fc2"] and not any(g.residual for g in st.groups)
+
+
+class LayerNormBlock(nn.Module):
+    """conv -> LayerNorm over the channels (channels-last) -> linear: the LN's channels stay dense."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.LayerNorm(8)
+        self.fc1 = nn.Linear(8, 16)
+        self.fc2 = nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = self.norm(self.conv(x).permute(0, 2, 3, 1))
+        return self.fc2(torch.relu(self.fc1(x)).mean((1, 2)))
+
+
+def test_layernorm_channels_stay_dense_with_a_sentence():
+    st = ChannelStructure(LayerNormBlock(), torch.randn(1, 3, 6, 6))
+    assert [g.name for g in st.groups] == ["fc1"]
+    (reason,) = st.dense_reasons
+    assert "'conv'" in reason and "LayerNorm" in reason and one_sentence(reason)
 
 
 def test_structure_restores_training_mode_and_leaves_weights_alone():
@@ -124,3 +198,40 @@ def test_residual_only_model_needs_prune_coupled():
     assert one_sentence(str(exc.value))
     st = ChannelStructure(model, torch.randn(1, 1, 8, 8), prune_coupled=True)
     assert len(st) == 1 and st.groups[0].residual and _owners(st.groups[0]) == {"a", "b"}
+
+
+class ShuffleNetLike(nn.Module):
+    """ShuffleNetV2's unit: split, a conv branch, concat, channel shuffle (view-transpose-view)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.expand = nn.Conv2d(4, 6, 1)
+        self.project = nn.Conv2d(6, 4, 1)
+        self.head = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        a, b = x.chunk(2, dim=1)
+        x = torch.cat([a, self.project(torch.relu(self.expand(b)))], 1)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        return self.fc(torch.relu(self.head(x)).mean((2, 3)))
+
+
+def test_channel_shuffle_leaves_the_groups_torch_pruning_mismaps_dense_and_says_so(caplog):
+    """torch-pruning maps this unit's channels through chunk + shuffle wrongly (silently): the FLOPs
+    model's probe, which cuts each group and compares with the masked network, catches it."""
+    model = ShuffleNetLike().eval()
+    x = torch.randn(2, 3, 8, 8)
+    st = ChannelStructure(model, x[:1])
+    with caplog.at_level("WARNING", logger="jointprune"):
+        fm = FlopsModel(st)
+    assert [g.name for g in st.groups] == ["expand", "head"] and fm.sizes.tolist() == [6, 8]
+    (reason,) = st.dense_reasons
+    assert "'project'" in reason and "stay dense" in reason and one_sentence(reason) and reason in caplog.text
+    masks = full_masks(st)
+    masks[0][1] = masks[1][3] = False
+    with torch.no_grad():
+        assert torch.allclose(MaskPlan(st).forward(model, x, masks), extract_subnetwork(model, st, masks)(x), atol=1e-6)

@@ -1,0 +1,166 @@
+"""How well does the latency model predict measured latency, and what does building it cost?
+
+For each network, the latency model (jointprune/pruning/latency.py) is built from scratch (empty
+cache) with the default LatencyOptions and timed; then random sub-networks (every group's kept
+count drawn uniformly from the counts the default KeepRule allows, the l1 top-k channels kept)
+are physically extracted with our extraction and timed against the dense network back to back,
+alternating which goes first (median of --runs pairs). error = |predicted - measured| / measured
+on the latency ratio pruned/dense (both sides normalised by the dense network, so that drift of a
+shared machine between the table build and the check cancels). A second build then reads the
+cache (its time is the "second run" start-up).
+
+Build cost is compared with one epoch of the quickstart measured in the same run: ResNet-20 on
+the digits data at batch 64, one training pass (forward, backward, SGD step) plus the validation
+pass, i.e. the quickstart's warm-up epoch without the agent (its shortest epoch, so the ratio is
+an upper bound), against the latency model the quickstart would build (ResNet-20, batch 64).
+
+    python experiments/benchmarks/bench_latency_model.py [--subnets 6] [--runs 7] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from jointprune.data import DigitsDataModule  # noqa: E402
+from jointprune.models import create_model  # noqa: E402
+from jointprune.options import LatencyOptions  # noqa: E402
+from jointprune.pruning import ChannelStructure, KeepRule, extract_subnetwork, group_importance, top_k_masks  # noqa: E402
+from jointprune.pruning.latency import LatencyModel, measure_pair  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def build(structure, rule, batch, threads, cache_dir, cpu_time=False, calibrate=False):
+    cands = [rule.candidates(n) for n in structure.sizes]
+    start, cpu = time.perf_counter(), time.process_time()
+    lm = LatencyModel.measure(structure, cands, CPU, batch, threads,
+                              LatencyOptions(cache_dir=cache_dir, calibrate=calibrate))
+    wall = time.perf_counter() - start
+    return lm, (wall, time.process_time() - cpu) if cpu_time else wall, cands
+
+
+def bench_model(name, size, batch, threads, subnets, runs, seed=0, calibrate=False):
+    torch.manual_seed(seed)
+    model = create_model(name, num_classes=10 if name.startswith("cifar_") else 1000).eval()
+    structure = ChannelStructure(model, torch.zeros(1, 3, size, size))
+    rule = KeepRule()
+    with tempfile.TemporaryDirectory() as cache_dir:
+        lm, first_s, cands = build(structure, rule, batch, threads, cache_dir)
+        _, second_s, _ = build(structure, rule, batch, threads, cache_dir)
+        # calibration (whole net at the fewest counts) on top of the same cached tables
+        cal = build(structure, rule, batch, threads, cache_dir, calibrate=True)[0] if calibrate else None
+    scores = group_importance(model, structure, "l1")
+    rng = np.random.default_rng(seed)
+    errors, rows, cal_errors = [], [], []
+    for _ in range(subnets):
+        kept = [int(rng.choice(c)) for c in cands]
+        small = extract_subnetwork(model, structure, top_k_masks(scores, kept))
+        pair = measure_pair(model, small, (3, size, size), CPU, batch, threads, warmup=1, repeats=runs)
+        predicted = lm(kept) / lm.dense
+        errors.append(abs(predicted - pair["ratio"]) / pair["ratio"])
+        rows.append((predicted, pair["ratio"], pair["noise"]))
+        if cal is not None:
+            cal_errors.append(abs(cal(kept) / cal.dense - pair["ratio"]) / pair["ratio"])
+    print(f"[{name}] built in {first_s:.1f} s, median error {100 * statistics.median(errors):.1f} %", flush=True)
+    return {"model": name, "input": f"{size}x{size}", "batch": batch, "groups": len(cands),
+            "entries": lm.info["timed_entries"], "first_s": first_s, "second_s": second_s,
+            "dense_ms": lm.dense, "median_err": statistics.median(errors), "max_err": max(errors), "rows": rows,
+            "cal_err": statistics.median(cal_errors) if cal_errors else None}
+
+
+def quickstart_epoch_seconds(threads) -> tuple[float, float]:
+    """(wall, CPU) seconds of one quickstart epoch without the agent."""
+    torch.manual_seed(0)
+    dm = DigitsDataModule(batch_size=64, reward_size=64)
+    dm.setup("fit")
+    net = create_model("cifar_resnet20", num_classes=10)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    start, cpu = time.perf_counter(), time.process_time()
+    net.train()
+    for x, y in dm.train_dataloader():
+        loss = F.cross_entropy(net(x.float()), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        for x, _ in dm.val_dataloader():
+            net(x.float())
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def quickstart_cost(args):
+    epoch_s = quickstart_epoch_seconds(args.threads)
+    with tempfile.TemporaryDirectory() as cache_dir:
+        st = ChannelStructure(create_model("cifar_resnet20", num_classes=10).eval(), torch.zeros(1, 3, 32, 32))
+        _, (qs_build, qs_build_cpu), _ = build(st, KeepRule(), 64, args.threads, cache_dir, cpu_time=True)
+        _, (qs_second, _), _ = build(st, KeepRule(), 64, args.threads, cache_dir, cpu_time=True)
+    epoch_s2 = quickstart_epoch_seconds(args.threads)  # again after, so that load drift shows
+    epoch = statistics.median([epoch_s[0], epoch_s2[0]])
+    epoch_cpu = statistics.median([epoch_s[1], epoch_s2[1]])
+    print(f"[quickstart] epoch {epoch_s} / {epoch_s2} s, table build {qs_build:.1f} s ({qs_build_cpu:.1f} s CPU)",
+          flush=True)
+
+    return qs_build, qs_build_cpu, qs_second, epoch, epoch_cpu, epoch_s, epoch_s2
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subnets", type=int, default=6, help="random sub-networks per model")
+    parser.add_argument("--runs", type=int, default=7, help="paired timed runs per sub-network (median)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=16, help="batch for ResNet-56 and MobileNetV2 (32x32)")
+    parser.add_argument("--imagenet-size", type=int, default=64, help="input side for ResNet-50")
+    parser.add_argument("--imagenet-batch", type=int, default=8)
+    parser.add_argument("--quickstart-only", action="store_true", help="only the build cost against an epoch")
+    parser.add_argument("--models", nargs="+", default=["cifar_resnet56", "cifar_mobilenet_v2", "tv_resnet50"])
+    parser.add_argument("--skip-quickstart", action="store_true")
+    parser.add_argument("--calibrate", action="store_true", help="also the error with LatencyOptions.calibrate")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    qs = None if args.skip_quickstart else quickstart_cost(args)
+    if args.quickstart_only:
+        return
+    where = {"tv_resnet50": (args.imagenet_size, args.imagenet_batch)}
+    results = [bench_model(m, *where.get(m, (32, args.batch)), args.threads, args.subnets, args.runs,
+                           calibrate=args.calibrate) for m in args.models]
+
+    print(f"\n### Latency model vs measured latency of random extracted sub-networks (CPU, {args.threads} thread(s), "
+          f"default LatencyOptions, {args.subnets} sub-networks each, median of {args.runs} interleaved pairs)\n")
+    print("| model | input | batch | groups | table entries timed | build s (empty cache) | build s (cached) "
+          "| dense ms | median abs. error | max abs. error |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['model']} | {r['input']} | {r['batch']} | {r['groups']} | {r['entries']} | {r['first_s']:.1f} "
+              f"| {r['second_s']:.1f} | {r['dense_ms']:.1f} | {100 * r['median_err']:.1f} % | {100 * r['max_err']:.1f} % |")
+    errs = [r["median_err"] for r in results]
+    print(f"\nGoal median abs. error < 10 %: met for {sum(e < 0.10 for e in errs)} of {len(errs)} models.")
+    if args.calibrate:
+        print("with calibrate: true, median abs. error " + ", ".join(
+            f"{r['model']} {100 * r['cal_err']:.1f} %" for r in results))
+    print("\nper sub-network (predicted ratio / measured ratio +- noise):")
+    for r in results:
+        print(f"  {r['model']}: " + ", ".join(f"{p:.2f}/{m:.2f}+-{n:.2f}" for p, m, n in r["rows"]))
+    if qs is None:
+        return
+    qs_build, qs_build_cpu, qs_second, epoch, epoch_cpu, epoch_s, epoch_s2 = qs
+    share, share_cpu = qs_build / epoch, qs_build_cpu / epoch_cpu
+    print(f"\nquickstart (ResNet-20, batch 64): table build {qs_build:.1f} s wall, {qs_build_cpu:.1f} s CPU "
+          f"(cached start {qs_second:.1f} s); one quickstart epoch without the agent {epoch:.1f} s wall, "
+          f"{epoch_cpu:.1f} s CPU; build = {100 * share:.0f} % of an epoch in wall time, {100 * share_cpu:.0f} % in "
+          f"CPU time (goal < 10 %: {'met' if share < 0.10 else 'MISSED'} in wall time).")
+
+
+if __name__ == "__main__":
+    main()

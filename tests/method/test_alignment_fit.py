@@ -1,0 +1,56 @@
+"""The alignment and the incumbent in a real (tiny) run: removed mass, the cut, confirmation."""
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from jointprune.callbacks.agent_episodes import AgentEpisodes
+from jointprune.data import DigitsDataModule
+from jointprune.options import AlignmentOptions, RewardOptions
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_fit import small_run  # noqa: E402
+
+
+def test_cut_report_and_removed_mass_every_epoch(tmp_path):
+    model, trainer, dm = small_run(tmp_path, max_epochs=5,
+                                   reward=RewardOptions(max_samples=32, confirm_samples=32),
+                                   alignment=AlignmentOptions(weight=1e-3))
+    trainer.fit(model, dm)
+    report = json.loads((tmp_path / "export" / "pruned.json").read_text())
+    assert 0.0 <= report["removed_mass_at_cut"] < 1.0
+    assert 0.0 <= report["top1_before_cut"] <= 1.0 and 0.0 <= report["top1_after_cut"] <= 1.0
+    assert all(0.0 <= h["removed_mass"] <= 1.0 for h in report["history"])
+    assert all(h["contenders_confirmed"] in (0.0, 1.0) for h in report["history"])
+    assert trainer.callback_metrics["prune/removed_mass"].item() == 0.0  # after the cut nothing is left
+
+
+class _FixedScorer:
+    """Scores by kept count: a stand-in for top-1 on the confirmation images."""
+
+    def __init__(self, by_kept):
+        self.by_kept, self.calls = by_kept, 0
+
+    def __call__(self, model, masks, recal=None, batch_stats=False):
+        self.calls += 1
+        return self.by_kept[int(sum(int(m.sum()) for m in masks))]
+
+
+def _pm(kept):
+    return SimpleNamespace(cnn=None, incumbent_kept=[kept], incumbent_reward=0.5,
+                           incumbent_masks=[torch.arange(4) < kept])
+
+
+def test_contender_lucky_on_screening_is_rejected_on_confirmation():
+    cb = AgentEpisodes()
+    cb.confirmer = _FixedScorer({2: 0.80, 3: 0.70})  # the incumbent (2 kept) is better
+    pm = _pm(2)
+    lucky = (0.99, [3], [torch.arange(4) < 3])  # screened far above the incumbent
+    assert cb._accept(pm, [lucky], None, False) == 1
+    assert pm.incumbent_kept == [2] and pm.incumbent_reward == 0.80
+    cb.confirmer = _FixedScorer({2: 0.80, 3: 0.85})  # a real improvement is accepted
+    assert cb._accept(pm, [lucky], None, False) == 1
+    assert pm.incumbent_kept == [3] and pm.incumbent_reward == 0.85
+    assert cb._accept(pm, [], None, False) == 0  # nothing beat the incumbent: nothing re-scored

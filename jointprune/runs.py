@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from .errors import JointPruneError
+from .pruning.export import CLAIM
 
 POINTER = "jointprune-last-run-id"   # in the W&B save_dir/project: the id of the last run started there
 

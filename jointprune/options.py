@@ -80,6 +80,10 @@ class AgentOptions:
     # Critic target = return_weight x the episode's observed discounted return + the rest x the
     # soft TD target (the reward arrives only at the episode's end; see SoftActorCritic.update).
     return_weight: float = 0.5
+    # "uniform": the search starts from the uniform allocation as the incumbent, so the agent has
+    # to find a sub-network that scores better before it replaces that prior; "none": the first
+    # episode's sub-network is the first incumbent. [ours]
+    initial_incumbent: Literal["uniform", "none"] = "uniform"
 
 
 @dataclass
@@ -103,6 +107,10 @@ class RewardOptions:
     # on this many further reward images (disjoint from the screening ones), both re-scored there:
     # the best of many noisy scores is biased upward. None or 0: accept on the screening score. [ours]
     confirm_samples: Optional[int] = None
+    # A contender must beat the incumbent by this many standard errors of a top-1 measured on the
+    # images it is scored on (sqrt(p(1-p)/n)), on the screening and the confirmation images alike:
+    # on a small reward split a lucky score is otherwise enough to replace a better incumbent. [ours]
+    accept_margin_se: float = 1.0
     batch_size: int = 512
 
 

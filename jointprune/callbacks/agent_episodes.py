@@ -10,6 +10,8 @@ mean action (deterministic). At the start of every epoch with masks, lambda is s
 (`alignment.empty_by`) so that the removed channels are empty by the cut."""
 from __future__ import annotations
 
+import math
+
 import time
 
 import lightning as L
@@ -25,6 +27,9 @@ from .sync import all_reduce_sum, broadcast_object, is_agent_point, rank_and_wor
 class AgentEpisodes(L.Callback):
     def __init__(self):
         self.scorer: RewardScorer | None = None
+        self.confirmer: RewardScorer | None = None
+        self.margin_se = 0.0                  # model.reward.accept_margin_se, set at train start
+        self.screen_n = self.confirm_n = 0    # reward images behind a screening / confirming score
 
     def on_train_start(self, trainer, pm) -> None:
         dm = trainer.datamodule
@@ -41,9 +46,15 @@ class AgentEpisodes(L.Callback):
         # the first `screen` reward images score every episode; a contender that beats the
         # incumbent there is confirmed on the next `confirm_samples`, disjoint ones
         self.scorer = self._scorer(pm, dm, 0, screen)
+        self.screen_n = min(screen, total)
         self.confirmer = None
         if r.confirm_samples is not None and r.confirm_samples > 0 and screen < total:
             self.confirmer = self._scorer(pm, dm, screen, r.confirm_samples)
+            self.confirm_n = min(r.confirm_samples, total - screen)
+        if r.accept_margin_se < 0:
+            raise JointPruneError(f"model.reward.accept_margin_se={r.accept_margin_se} must be >= 0 "
+                                  "(standard errors a contender must win by; 0 accepts any improvement).")
+        self.margin_se = r.accept_margin_se
 
     @staticmethod
     def _scorer(pm, dm, start: int, count: int) -> RewardScorer:
@@ -101,6 +112,8 @@ class AgentEpisodes(L.Callback):
             scores = group_importance(pm.cnn, pm.structure, pm.pruning.importance)
             recal, batch_stats = pm.reward_calibration()
             screened = -float("inf")
+            if pm.incumbent_kept is None and pm.agent_opts.initial_incumbent == "uniform":
+                pm.incumbent_kept = pm.environment.uniform_under_budget()  # the prior to beat
             if pm.incumbent_kept is not None:  # old rewards were earned on older weights
                 pm.incumbent_masks = top_k_masks(scores, pm.incumbent_kept)
                 screened = self.scorer(pm.cnn, pm.incumbent_masks, recal, batch_stats)
@@ -119,7 +132,7 @@ class AgentEpisodes(L.Callback):
                 r[-1] = reward  # only the finished sub-network is scored
                 pm.replay.add(episode.states, episode.actions[:, None], r, episode.next_states, episode.dones,
                               torch.full((n,), t, dtype=torch.long))
-                if reward > screened:
+                if reward > screened + self._margin(screened, self.screen_n):
                     contenders.append((reward, list(episode.kept), masks))
             confirmed = self._accept(pm, contenders, recal, batch_stats)
         pm.epoch_stats = {
@@ -128,6 +141,13 @@ class AgentEpisodes(L.Callback):
             "agent_seconds": time.perf_counter() - start, "random_actions": float(random),
             "contenders_confirmed": float(confirmed),
         }
+
+    def _margin(self, top1: float, n: int) -> float:
+        """How much a contender must win by: `margin_se` standard errors of a top-1 of `top1`
+        measured on n images (0 without an incumbent or a margin)."""
+        if self.margin_se <= 0 or n <= 0 or not math.isfinite(top1):
+            return 0.0
+        return self.margin_se * math.sqrt(max(top1 * (1.0 - top1), 0.0) / n)
 
     def _accept(self, pm, contenders, recal, batch_stats) -> int:
         """Replace the incumbent by the best screened contender only if it also wins on the
@@ -141,7 +161,7 @@ class AgentEpisodes(L.Callback):
             return 0
         incumbent = self.confirmer(pm.cnn, pm.incumbent_masks, recal, batch_stats)
         challenger = self.confirmer(pm.cnn, masks, recal, batch_stats)
-        if challenger > incumbent:
+        if challenger > incumbent + self._margin(incumbent, self.confirm_n):
             pm.incumbent_kept, pm.incumbent_reward, pm.incumbent_masks = kept, challenger, masks
         else:
             pm.incumbent_reward = incumbent

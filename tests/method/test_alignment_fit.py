@@ -54,3 +54,38 @@ def test_contender_lucky_on_screening_is_rejected_on_confirmation():
     assert cb._accept(pm, [lucky], None, False) == 1
     assert pm.incumbent_kept == [3] and pm.incumbent_reward == 0.85
     assert cb._accept(pm, [], None, False) == 0  # nothing beat the incumbent: nothing re-scored
+
+
+def test_contender_must_win_by_the_margin():
+    cb = AgentEpisodes()
+    cb.margin_se, cb.confirm_n = 1.0, 100  # se of a top-1 of 0.80 on 100 images: 0.04
+    pm = _pm(2)
+    contender = (0.99, [3], [torch.arange(4) < 3])
+    cb.confirmer = _FixedScorer({2: 0.80, 3: 0.83})  # better, but within one standard error
+    cb._accept(pm, [contender], None, False)
+    assert pm.incumbent_kept == [2]
+    cb.confirmer = _FixedScorer({2: 0.80, 3: 0.86})  # clearly better
+    cb._accept(pm, [contender], None, False)
+    assert pm.incumbent_kept == [3]
+    assert cb._margin(0.8, 0) == 0.0 and cb._margin(-float("inf"), 100) == 0.0
+
+
+def test_search_starts_from_the_uniform_allocation(tmp_path):
+    """With a margin no contender can clear, the incumbent stays the uniform prior; with
+    initial_incumbent 'none' the first episodes decide."""
+    from jointprune.options import AgentOptions
+    agent = dict(episodes_per_epoch=3, sac_updates=8, batch_size=16, random_epochs=1)
+    model, trainer, dm = small_run(tmp_path, reward=RewardOptions(accept_margin_se=1e9),
+                                   agent=AgentOptions(**agent, initial_incumbent="uniform"))
+    uniform = model.environment.uniform_under_budget()
+    trainer.fit(model, dm)
+    assert model.incumbent_kept == uniform
+    assert [int(m.sum()) for m in model.incumbent_masks] == uniform
+
+
+def test_negative_margin_is_refused(tmp_path):
+    model, trainer, dm = small_run(tmp_path, reward=RewardOptions(accept_margin_se=-1.0))
+    import pytest
+    from jointprune.errors import JointPruneError
+    with pytest.raises(JointPruneError, match="accept_margin_se=-1.0 must be >= 0"):
+        trainer.fit(model, dm)

@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# The demo starts afresh each time: a second run into the same export folder is refused by design.
 demo: $(STAMP)
+	rm -rf runs/quickstart
 	WANDB_MODE=disabled $(VENV)/bin/jointprune fit --config experiments/quickstart.yaml
 
 test: $(STAMP)

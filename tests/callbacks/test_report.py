@@ -83,7 +83,7 @@ def test_a_bad_export_folder_or_baseline_stops_before_training(tmp_path):
     from jointprune.options import ExportOptions
 
     def setup(**options):
-        pm = SimpleNamespace(export_opts=ExportOptions(**options), flops_budget=0.5)
+        pm = SimpleNamespace(export_opts=ExportOptions(**options), flops_budget=0.5, latency_budget=None)
         check_export_setup(SimpleNamespace(default_root_dir=str(tmp_path), logger=None), pm)
 
     setup(dirpath=str(tmp_path / "new"))  # a new folder is fine

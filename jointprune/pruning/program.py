@@ -28,7 +28,10 @@ CONSTANT_PREFIX = "_program_constants."  # graph-only tensors (not in the state 
 PYTHON_OPS = {f"operator.{f.__name__}": f for f in (operator.getitem, operator.add, operator.sub, operator.mul,
                                                     operator.floordiv, operator.mod, operator.neg)}
 EXTRA_ATEN = ("sym_size.int", "sym_numel.default", "sym_stride.int", "sym_storage_offset.default")
-_NAME_ATOM = re.compile(r"^(?:[A-Za-z][A-Za-z0-9_]*|_[A-Za-z0-9][A-Za-z0-9_]*|[0-9]+)$")
+# fx writes an identifier as `.atom` and anything else as `getattr(x, "atom")`, so besides
+# identifiers only letters, digits, "_" and "-" are let through (torchvision's RegNet names its
+# blocks "block1-0"): no quote, backslash or space can reach the generated code.
+_NAME_ATOM = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9_-]*|_[A-Za-z0-9][A-Za-z0-9_-]*)$")
 _OP_NAME = re.compile(r"^aten\.([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)$")
 
 
@@ -164,7 +167,8 @@ def _decode(value, nodes: list):
 
 
 def check_tensor_name(name) -> str:
-    """A dotted path of identifiers or indices; fx writes these names into generated code."""
+    """A dotted path of identifiers, indices or hyphenated names; fx writes these names into
+    generated code."""
     if not isinstance(name, str) or not all(_NAME_ATOM.match(a) for a in name.split(".")):
         raise ProgramError(f"tensor name {str(name)[:80]!r} is not a dotted Python path.")
     return name

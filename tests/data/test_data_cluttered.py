@@ -92,6 +92,7 @@ def test_reward_split_too_large_is_refused():
         _dm(reward_size=300)
 
 
+@pytest.mark.slow  # ~30-90 s: the CLI path itself is covered by tests/method; this checks the data through it
 def test_tiny_fit_through_the_cli(tmp_path, monkeypatch):
     from jointprune.cli import main
 

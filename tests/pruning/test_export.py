@@ -535,3 +535,23 @@ def test_the_readme_example_runs(tmp_path):
     assert printed.returncode == 0, printed.stderr[-2000:]
     names = ast.literal_eval(printed.stdout.strip())  # the list of class names the snippet prints
     assert len(names) == 8 and set(names) <= set(report["classes"])
+
+
+def test_hyphenated_module_names_round_trip(tmp_path):
+    """torchvision's RegNet names blocks "block1-0": such names load (fx writes them as
+    getattr(x, "block1-0")), while names with quotes, spaces or dunders stay refused."""
+    from jointprune.pruning.program import ProgramError, check_tensor_name
+    assert check_tensor_name("trunk_output.block1.block1-0.proj.0.weight")
+    for bad in ('a."b', "a.b c", "a.__class__", "a.-b", "a\\b"):
+        with pytest.raises(ProgramError, match="is not a dotted Python path"):
+            check_tensor_name(bad)
+    torch.manual_seed(0)
+    net = nn.Sequential()
+    net.add_module("block1-0", nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                                             nn.Conv2d(4, 4, 3), nn.ReLU()))
+    net.add_module("head", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)))
+    small, report = prune(net.eval(), (3, 12, 12), 0.7)
+    x = torch.randn(2, 3, 12, 12)
+    loaded = load_pruned(save_pruned(small, tmp_path / "pruned", report, x[:1]))
+    assert "block1-0.0.weight" in dict(loaded.named_parameters())
+    assert torch.allclose(loaded(x), small(x), atol=1e-5)

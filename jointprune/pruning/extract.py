@@ -1,7 +1,7 @@
 """Physical extraction of the masked sub-network with torch-pruning's surgery.
 
 The extracted module is an ordinary copy of the user's network with fewer channels; its
-eval-mode outputs equal the masked network's. `export.py` writes it as `pruned.pt` + `pruned.json`.
+eval-mode outputs equal the masked network's. `export.py` writes it as the export folder (weights, program, report).
 """
 from __future__ import annotations
 

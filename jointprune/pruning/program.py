@@ -1,7 +1,7 @@
 """The pruned network as data: a Core ATen graph in JSON whose tensors live in a safetensors file.
 
 Why not `torch.save`/`torch.export.save`: both are pickles (torch.export's loader even falls back
-to `torch.load(weights_only=False)` and evaluates sympy strings), so opening a file someone sent
+to an unrestricted `torch.load` and evaluates sympy strings), so opening a file someone sent
 you could run their code. Here the graph is plain JSON that the loader rebuilds node by node:
 every operator must be a Core ATen operator (`torch.Tag.core`, the fixed opset torch.export
 decomposes to), a symbolic-size helper or `operator.getitem`; every argument is a number, a

@@ -13,7 +13,6 @@ import torch_pruning as tp
 from ..errors import JointPruneError
 from ..pruning.export import ExportError, load_report
 from ..pruning.masks import eval_mode
-from ..utils.atomic import atomic_write_bytes
 from .latency_report import latency_fields, latency_rows
 
 
@@ -246,11 +245,6 @@ def width_plot_png(report: dict) -> bytes:
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     return buffer.getvalue()
-
-
-def save_width_plot(report: dict, path: Path) -> None:
-    """widths.png on its own (the export folder gets it through save_pruned's extra_files)."""
-    atomic_write_bytes(path, width_plot_png(report))
 
 
 def log_width_plot(trainer, path: Path) -> None:

@@ -200,18 +200,23 @@ BLOCKED_RELOAD = textwrap.dedent("""
 """)
 
 
+def reload_blocked(out: Path, x: torch.Tensor, tmp_path: Path, timeout: int) -> torch.Tensor:
+    """The export's outputs on x, computed in a subprocess where torchvision cannot be imported."""
+    torch.save(x, tmp_path / "x.pt")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-c", BLOCKED_RELOAD, str(out), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=timeout)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return torch.load(tmp_path / "y.pt")
+
+
 def test_inference_module_needs_torch_alone(dropcnn, tmp_path):
     """Reloaded where torchvision and the user's package cannot be imported: the DropCNN uses
     torchvision's StochasticDepth and lives in this test module."""
     small, out = dropcnn
     x = torch.randn(5, 3, 8, 8)
-    torch.save(x, tmp_path / "x.pt")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    run = subprocess.run([sys.executable, "-c", BLOCKED_RELOAD, str(out), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
     with torch.no_grad():
-        torch.testing.assert_close(torch.load(tmp_path / "y.pt"), small.eval()(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(reload_blocked(out, x, tmp_path, 300), small.eval()(x), rtol=0, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- load_pruned(path, into=)
@@ -507,13 +512,8 @@ def test_torchvision_networks_reload_with_torch_alone(name, tmp_path):
     report = {"dense_flops": 1, "pruned_flops": 1, "flops_budget": 1.0, "dense_params": 1, "pruned_params": 1,
               "groups": []}
     out = save_pruned(model, tmp_path / "pruned", report, x[:1])
-    torch.save(x, tmp_path / "x.pt")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    run = subprocess.run([sys.executable, "-c", BLOCKED_RELOAD, str(out), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
     with torch.no_grad():
-        torch.testing.assert_close(torch.load(tmp_path / "y.pt"), model(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(reload_blocked(out, x, tmp_path, 600), model(x), rtol=1e-4, atol=1e-4)
 
 
 def test_the_readme_example_runs(tmp_path):

@@ -185,7 +185,8 @@ class AgentEpisodes(L.Callback):
         """Actions are drawn on rank 0 and broadcast, so every rank scores the same sub-networks."""
         def policy(state):
             if random:
-                return float(pm.sac.random_action(1, generator=pm.agent_generator)[0, 0])
+                return float(pm.sac.random_action(1, generator=pm.agent_generator,
+                                                  spread=pm.agent_opts.random_spread)[0, 0])
             with torch.no_grad():
                 dev = next(pm.sac.parameters()).device
                 action = pm.sac.act(state.to(dev), z.to(dev), deterministic=deterministic,

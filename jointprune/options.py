@@ -120,6 +120,11 @@ class RewardOptions:
     # images it is scored on (sqrt(p(1-p)/n)), on the screening and the confirmation images alike:
     # on a small reward split a lucky score is otherwise enough to replace a better incumbent. [ours]
     accept_margin_se: float = 1.0
+    # true: that standard error is the paired one of the difference between the contender and the
+    # incumbent on the same images (McNemar: only images the two classify differently count), so
+    # a near-uniform contender that is truly better can win on a small reward split; false: the
+    # standard error of one top-1, sqrt(p(1-p)/n), several times larger for similar networks. [ours]
+    paired: bool = True
     batch_size: int = 512
 
 

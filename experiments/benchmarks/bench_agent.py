@@ -56,11 +56,11 @@ from jointprune.pruning import BudgetClipper, ChannelStructure, FlopsModel, Keep
 LANDSCAPES = ("keep_early", "keep_late", "hidden", "uniform")
 
 
-def build_environment(net: str, budget: float, rule: KeepRule = KeepRule()) -> PruningEnvironment:
+def build_environment(net: str, budget: float, rule: KeepRule = KeepRule(), centred: bool = False) -> PruningEnvironment:
     model = create_model(net)
     structure = ChannelStructure(model, torch.zeros(1, 3, 32, 32))
     flops = FlopsModel(structure)
-    return PruningEnvironment(structure, flops, BudgetClipper(flops, budget, rule))
+    return PruningEnvironment(structure, flops, BudgetClipper(flops, budget, rule), centred=centred)
 
 
 def fit_profile(env: PruningEnvironment, profile: np.ndarray) -> list[int]:
@@ -134,7 +134,7 @@ def run_agent(env, reward, agent_opts: AgentOptions, env_opts: EnvReprOptions, e
         for p in range(agent_opts.episodes_per_epoch):
             det = deterministic_episode and not random and p == agent_opts.episodes_per_epoch - 1
             if random:
-                policy = lambda s: float(sac.random_action(1, generator=gen)[0, 0])  # noqa: E731
+                policy = lambda s: float(sac.random_action(1, generator=gen, spread=agent_opts.random_spread)[0, 0])  # noqa: E731
             else:
                 policy = lambda s, det=det: float(sac.act(s, z, generator=gen, deterministic=det).reshape(-1)[0])  # noqa: E731
             ep = env.rollout(policy)
@@ -154,10 +154,13 @@ def run_agent(env, reward, agent_opts: AgentOptions, env_opts: EnvReprOptions, e
     return {"best": best, "curve": curve, "det_last": det_rewards[-1] if det_rewards else float("nan")}
 
 
-def random_search(env, reward, evaluations: int, seed: int) -> float:
+def random_search(env, reward, evaluations: int, seed: int, spread: float = 1.0) -> float:
+    """The best of `evaluations` episodes of random actions, drawn as the agent's random epochs
+    draw them (the middle `spread` of the action range) through the same environment."""
     g = np.random.default_rng(seed)
     m = env.clipper.rule.max_ratio
-    return max(reward(env.rollout(lambda s: float(g.uniform(0.0, m))).kept) for _ in range(evaluations))
+    lo, hi = (0.5 - spread / 2) * m, (0.5 + spread / 2) * m
+    return max(reward(env.rollout(lambda s: float(g.uniform(lo, hi))).kept) for _ in range(evaluations))
 
 
 def _parse_sets(pairs):
@@ -201,7 +204,7 @@ def main() -> None:
           f"reward evaluations per method and seed ({args.epochs * agent_opts.sac_updates} SAC updates); "
           f"{args.seeds} seeds; optimum = 1 by construction")
     for net in args.nets:
-        env = build_environment(net, args.budget)
+        env = build_environment(net, args.budget, centred=agent_opts.centred_actions)
         for name in args.landscapes:
             land = Landscape(name, env)
             t0 = time.perf_counter()
@@ -211,7 +214,7 @@ def main() -> None:
                                 args.verbose)
                 sac.append(out["best"])
                 det.append(out["det_last"])
-                rnd.append(random_search(env, land, evals, seed))
+                rnd.append(random_search(env, land, evals, seed, agent_opts.random_spread))
             uni = land(env.uniform_under_budget())
             wins = sum(a > b for a, b in zip(sac, rnd))
             print(f"\n{net} ({env.n} groups) / {name}: target uses {land.target_flops:.3f} of dense FLOPs; "

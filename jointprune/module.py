@@ -137,7 +137,8 @@ class JointPruneModule(L.LightningModule):
         self.flops = FlopsModel(self.structure)
         self.keep_rule = KeepRule(self.pruning.max_ratio, self.pruning.min_channels, self.pruning.round_to)
         self.clipper = BudgetClipper(self.flops, self.flops_budget, self.keep_rule)
-        self.environment = PruningEnvironment(self.structure, self.flops, self.clipper)
+        self.environment = PruningEnvironment(self.structure, self.flops, self.clipper,
+                                              centred=self.agent_opts.centred_actions)
         self.plan = MaskPlan(self.structure)
         self.aligner = AlignmentRegularizer(self.structure, per_channel=self.alignment.per_channel,
                                             squared=self.alignment.squared, include_bn=self.alignment.include_bn,
@@ -174,7 +175,8 @@ class JointPruneModule(L.LightningModule):
         self.latency_model = build_latency_model(self.trainer, self.structure, self.keep_rule, self.latency_opts)
         self.clipper = BudgetClipper(self.flops, self.flops_budget, self.keep_rule,
                                      extra_costs=((self.latency_model, self.latency_budget),))
-        self.environment = PruningEnvironment(self.structure, self.flops, self.clipper)
+        self.environment = PruningEnvironment(self.structure, self.flops, self.clipper,
+                                              centred=self.agent_opts.centred_actions)
 
     def resolve_schedule(self, max_epochs: int) -> dict:
         s = self.schedule

@@ -84,6 +84,15 @@ class AgentOptions:
     # to find a sub-network that scores better before it replaces that prior; "none": the first
     # episode's sub-network is the first incumbent. [ours]
     initial_incumbent: Literal["uniform", "none"] = "uniform"
+    # true: an action of max_ratio / 2 means the uniform ratio under the budget and the rest of
+    # the range is warped around it (PruningEnvironment.warp), so exploration and the initial
+    # policy start near uniform instead of squeezing the last groups; false: the paper's plain
+    # removal ratio. [ours]
+    centred_actions: bool = True
+    # The random actions (random_epochs, and the `random` baseline) are uniform over this middle
+    # fraction of the action range: with centred actions, allocations scattered around uniform
+    # rather than anywhere the clipper allows (1.0: the whole range). [ours]
+    random_spread: float = 0.5
 
 
 @dataclass
@@ -111,6 +120,11 @@ class RewardOptions:
     # images it is scored on (sqrt(p(1-p)/n)), on the screening and the confirmation images alike:
     # on a small reward split a lucky score is otherwise enough to replace a better incumbent. [ours]
     accept_margin_se: float = 1.0
+    # true: that standard error is the paired one of the difference between the contender and the
+    # incumbent on the same images (McNemar: only images the two classify differently count), so
+    # a near-uniform contender that is truly better can win on a small reward split; false: the
+    # standard error of one top-1, sqrt(p(1-p)/n), several times larger for similar networks. [ours]
+    paired: bool = True
     batch_size: int = 512
 
 

@@ -51,8 +51,27 @@ class Episode:
 
 
 class PruningEnvironment:
-    def __init__(self, structure: ChannelStructure, flops: FlopsModel, clipper: BudgetClipper):
+    """`centred`: the agent's action a in [0, max_ratio] is mapped onto the removal ratio by the
+    monotone piecewise-linear warp that sends the middle of the range, max_ratio / 2, to the
+    uniform ratio of the groups still to come under the budget left (and 0 and max_ratio to
+    themselves), see `warp`; the replay stores the action in the agent's space. [ours]
+
+    Why: with the paper's plain action (a = the removal ratio) most of the action space is not
+    budget-neutral. On ResNet-20 (w8) at FLOPs budget 0.5 every internal group must lose ~56 %
+    of its channels; uniform random actions average 40 %, so the early groups keep too much and
+    the clipper squeezes the last groups to their fewest channels (7 of 32 in two of three random
+    episodes); at budget 0.3 three very different action sequences all ended at the same
+    allocation. Exploration, and the initial policy whose mean is the middle of the range, then
+    never visit allocations near uniform, the natural prior. Centring on the *remaining* groups'
+    uniform ratio (not one ratio for the whole episode) corrects as it goes: if the early groups
+    kept more, the middle action now removes more from the rest. A constant action of
+    max_ratio / 2 is the uniform allocation, random actions scatter around it, and every
+    allocation stays reachable."""
+
+    def __init__(self, structure: ChannelStructure, flops: FlopsModel, clipper: BudgetClipper,
+                 centred: bool = False):
         self.structure, self.flops, self.clipper = structure, flops, clipper
+        self.centred = centred
         groups = structure.groups
         self.n = len(groups)
         ins = np.array([g.in_channels for g in groups], dtype=np.float64)
@@ -89,10 +108,11 @@ class PruningEnvironment:
         for _ in range(self.n):
             s = self.state(kept, prev)
             raw = float(policy(torch.from_numpy(s)))
-            k, ratio, _, _ = self.clipper.clip(kept, raw)
+            centre = self.uniform_ratio(kept) if self.centred else None
+            k, ratio, _, _ = self.clipper.clip(kept, self.warp(raw, centre))
             kept.append(k)
             states.append(s)
-            actions.append(ratio)
+            actions.append(self.unwarp(ratio, centre))  # the action that yields the clipped ratio
             prev = ratio
         final = self.state(kept[:-1], prev)  # terminal next-state: not used by the target (done=1)
         states_t = torch.from_numpy(np.stack(states))
@@ -100,6 +120,30 @@ class PruningEnvironment:
         flops = self.clipper.check(kept)  # the hard guarantees, asserted after every episode
         extra = [float(c.model(np.asarray(kept, dtype=np.float64))) / c.dense for c in self.clipper.costs[1:]]
         return Episode(states_t, torch.tensor(actions, dtype=torch.float32), next_states, kept, flops, extra)
+
+    def warp(self, action: float, centre: float | None) -> float:
+        """The removal ratio an action asks for: the action itself (centre None), or the action
+        warped so that max_ratio / 2 gives `centre`."""
+        if centre is None:
+            return action
+        top = self.clipper.rule.max_ratio
+        half, a = top / 2, min(max(action, 0.0), top)
+        return centre * a / half if a <= half else centre + (top - centre) * (a - half) / half
+
+    def unwarp(self, ratio: float, centre: float | None) -> float:
+        """The inverse of `warp`: the action that asks for `ratio`."""
+        if centre is None:
+            return ratio
+        top = self.clipper.rule.max_ratio
+        half, r = top / 2, min(max(ratio, 0.0), top)
+        if r <= centre:
+            return half * r / centre if centre > 0 else half
+        return half + half * (r - centre) / (top - centre) if top > centre else top
+
+    def uniform_ratio(self, kept_so_far: list[int] = (), grid: int = 400) -> float:
+        """The smallest common removal ratio of the groups after `kept_so_far` with which the whole
+        network fits every budget (max_ratio if none does)."""
+        return self._uniform_counts(grid, kept_so_far)[0]
 
     def uniform(self, ratio: float) -> list[int]:
         """Kept counts for the same removal ratio in every group, clipped to the budget."""
@@ -116,23 +160,33 @@ class PruningEnvironment:
         The ratio is searched on a fine grid in one batched evaluation per cost rather than by
         bisection: a latency cost need not fall as the common ratio grows."""
         clipper = self.clipper
+        ratio, uniform = self._uniform_counts(grid)
+        if uniform is None:  # no common ratio fits: the clipper alone decides, from the hardest ratio
+            return self.uniform(clipper.rule.max_ratio)
+        kept: list[int] = []
+        for l in range(self.n):
+            kept.append(clipper.clip(kept, 1.0 - uniform[l] / clipper.sizes[l])[0])
+        clipper.check(kept)
+        return kept
+
+    def _uniform_counts(self, grid: int = 2000, prefix=()):
+        """(ratio, counts) of the smallest common removal ratio of the groups after `prefix` (kept
+        counts of the first groups, fixed) that fits every budget, or (max_ratio, None)."""
+        clipper = self.clipper
         ratios = np.linspace(0.0, clipper.rule.max_ratio, grid + 1)
         # KeepRule.keep for every ratio at once: round the raw count up to the next allowed one.
         counts = np.empty((len(ratios), self.n))
         for g, (size, cands) in enumerate(zip(clipper.sizes, clipper.candidates)):
             raw = size - np.floor(ratios * size + 1e-9)
             counts[:, g] = cands[np.minimum(np.searchsorted(cands, raw), len(cands) - 1)]
+        counts[:, :len(prefix)] = np.asarray(prefix, dtype=np.float64)
         fits = np.ones(len(ratios), dtype=bool)
         for cost in clipper.costs:
             fits &= cost.fits(cost.model(counts))
-        if not fits.any():  # no common ratio fits: the clipper alone decides, from the hardest ratio
-            return self.uniform(clipper.rule.max_ratio)
-        uniform = counts[np.flatnonzero(fits)[0]]
-        kept: list[int] = []
-        for l in range(self.n):
-            kept.append(clipper.clip(kept, 1.0 - uniform[l] / clipper.sizes[l])[0])
-        clipper.check(kept)
-        return kept
+        if not fits.any():
+            return float(clipper.rule.max_ratio), None
+        first = int(np.flatnonzero(fits)[0])
+        return float(ratios[first]), counts[first]
 
 
 def _after(own: np.ndarray) -> np.ndarray:

@@ -35,10 +35,35 @@ class RewardScorer:
                  recalibrate: Iterable[torch.Tensor] | None = None, batch_stats: bool = False) -> float:
         """`recalibrate`: batches to re-estimate BN statistics on first; `batch_stats`: score with
         each reward batch's own BN statistics instead (one pass). Live statistics are restored."""
+        return self.score(model, masks, recalibrate, batch_stats)[0]
+
+    @torch.no_grad()
+    def score(self, model: nn.Module, masks: list[torch.Tensor] | None,
+              recalibrate: Iterable[torch.Tensor] | None = None, batch_stats: bool = False):
+        """(top-1 over every rank's images, this rank's per-image hits as a bool tensor): the
+        hits let two sub-networks be compared on the same images (`paired_gain`)."""
         with self.precision():
             return self._score(model, masks, recalibrate, batch_stats)
 
-    def _score(self, model, masks, recalibrate, batch_stats) -> float:
+    def paired_gain(self, hits_a: torch.Tensor, hits_b: torch.Tensor) -> tuple[float, float]:
+        """(top-1 of b minus top-1 of a, the standard error of that difference) on the same
+        images. Paired (McNemar): only the images the two classify differently count, so two
+        similar sub-networks are told apart with far fewer images than two separate top-1
+        errors would need. The difference is shrunk by one image toward zero (McNemar's
+        continuity correction): with few disagreements, 2 to 0 is no evidence."""
+        counts = torch.stack([(hits_b & ~hits_a).sum(), (hits_a & ~hits_b).sum(),
+                              torch.tensor(len(hits_a), device=hits_a.device)]).double()
+        if self.all_reduce is not None:
+            counts = self.all_reduce(counts)
+        b_only, a_only, n = (float(v) for v in counts.cpu())
+        if n <= 0:
+            return 0.0, 0.0
+        diff = (b_only - a_only) / n
+        var = max((b_only + a_only) / n - diff * diff, 0.0)
+        corrected = max(abs(b_only - a_only) - 1.0, 0.0) / n
+        return (corrected if diff >= 0 else -corrected), (var / n) ** 0.5
+
+    def _score(self, model, masks, recalibrate, batch_stats):
         saved = recalibrate_bn(model, self.plan, masks, recalibrate) if recalibrate is not None else None
         if batch_stats and saved is None:
             saved = {k: v.clone() for k, v in model.named_buffers()}
@@ -46,20 +71,23 @@ class RewardScorer:
             with eval_mode(model), bn_batch_stats(model, batch_stats):
                 params = self.plan.masked_parameters(model, masks) if masks is not None else None
                 correct = torch.zeros(2, device=self.x.device)
+                hits = []
                 for i in range(0, len(self.x), self.batch_size):
                     xb = self.normalize(self.x[i:i + self.batch_size])
                     if params is None:
                         logits = model(xb)
                     else:
                         logits = torch.func.functional_call(model, params, (xb,), strict=False)
-                    correct[0] += (logits.argmax(1) == self.y[i:i + self.batch_size]).sum()
+                    hits.append(logits.argmax(1) == self.y[i:i + self.batch_size])
+                    correct[0] += hits[-1].sum()
                 correct[1] += len(self.x)
         finally:
             if saved is not None:
                 restore_buffers(model, saved)
         if self.all_reduce is not None:
             correct = self.all_reduce(correct)
-        return float(correct[0] / correct[1].clamp_min(1))
+        hits = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool, device=self.x.device)
+        return float(correct[0] / correct[1].clamp_min(1)), hits
 
 
 @contextmanager

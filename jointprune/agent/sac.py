@@ -119,10 +119,13 @@ class SoftActorCritic(nn.Module):
         a, _ = self.actor(x, deterministic=deterministic, generator=generator)
         return a[0] if single else a
 
-    def random_action(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
-        """[n, action_dim] uniform in [0, max_action] for warm-up epochs (drawn on the generator's device)."""
+    def random_action(self, n: int, generator: torch.Generator | None = None, device=None,
+                      spread: float = 1.0) -> Tensor:
+        """[n, action_dim] uniform over the middle `spread` of [0, max_action] (all of it by
+        default) for warm-up epochs, drawn on the generator's device."""
         dev = generator.device if generator is not None else "cpu"
-        a = torch.rand(n, self.action_dim, generator=generator, device=dev) * self.max_action
+        u = torch.rand(n, self.action_dim, generator=generator, device=dev)
+        a = (0.5 + (u - 0.5) * spread) * self.max_action
         return a if device is None else a.to(device)
 
     def log_prob(self, state: Tensor, z: Tensor, action: Tensor) -> Tensor:

@@ -71,6 +71,9 @@ def check_agent_options(opts) -> None:
         raise JointPruneError(f"model.agent.reward_scale_floor must be positive, got {opts.reward_scale_floor}.")
     if not 0.0 <= opts.return_weight <= 1.0:
         raise JointPruneError(f"model.agent.return_weight must be in [0, 1], got {opts.return_weight}.")
+    if isinstance(opts.random_spread, bool) or not 0.0 < opts.random_spread <= 1.0:
+        raise JointPruneError(f"model.agent.random_spread must be in (0, 1] (the middle fraction of the action "
+                              f"range random actions are drawn from), got {opts.random_spread!r}.")
 
 
 def update_phase(sac: SoftActorCritic, env_repr: EnvironmentRepresentation, decoder: RewardDecoder,

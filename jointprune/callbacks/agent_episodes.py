@@ -5,7 +5,8 @@ rewards were measured on older weights.
 
 The best of many noisy scores is biased upward, so an episode that beats the incumbent on the
 screening images (`reward.max_samples`) only replaces it after both are re-scored on the other,
-disjoint reward images (`reward.confirm_samples`). One episode per epoch follows the policy's
+disjoint reward images (`reward.confirm_samples`). "Beats" means by `reward.accept_margin_se`
+standard errors of the paired difference on the same images (`reward.paired`). One episode per epoch follows the policy's
 mean action (deterministic). At the start of every epoch with masks, lambda is set per group
 (`alignment.empty_by`) so that the removed channels are empty by the cut."""
 from __future__ import annotations
@@ -29,6 +30,7 @@ class AgentEpisodes(L.Callback):
         self.scorer: RewardScorer | None = None
         self.confirmer: RewardScorer | None = None
         self.margin_se = 0.0                  # model.reward.accept_margin_se, set at train start
+        self.paired = True                    # model.reward.paired
         self.screen_n = self.confirm_n = 0    # reward images behind a screening / confirming score
 
     def on_train_start(self, trainer, pm) -> None:
@@ -55,6 +57,7 @@ class AgentEpisodes(L.Callback):
             raise JointPruneError(f"model.reward.accept_margin_se={r.accept_margin_se} must be >= 0 "
                                   "(standard errors a contender must win by; 0 accepts any improvement).")
         self.margin_se = r.accept_margin_se
+        self.paired = r.paired
 
     @staticmethod
     def _scorer(pm, dm, start: int, count: int) -> RewardScorer:
@@ -111,12 +114,12 @@ class AgentEpisodes(L.Callback):
         with torch.no_grad():
             scores = group_importance(pm.cnn, pm.structure, pm.pruning.importance)
             recal, batch_stats = pm.reward_calibration()
-            screened = -float("inf")
+            screened, incumbent_hits = -float("inf"), None
             if pm.incumbent_kept is None and pm.agent_opts.initial_incumbent == "uniform":
                 pm.incumbent_kept = pm.environment.uniform_under_budget()  # the prior to beat
             if pm.incumbent_kept is not None:  # old rewards were earned on older weights
                 pm.incumbent_masks = top_k_masks(scores, pm.incumbent_kept)
-                screened = self.scorer(pm.cnn, pm.incumbent_masks, recal, batch_stats)
+                screened, incumbent_hits = self.scorer.score(pm.cnn, pm.incumbent_masks, recal, batch_stats)
                 pm.incumbent_reward = screened
             z = pm.env_repr.z(t).detach().cpu()
             random = t < pm.agent_opts.random_epochs
@@ -125,14 +128,14 @@ class AgentEpisodes(L.Callback):
             for i in range(pm.agent_opts.episodes_per_epoch + (0 if random else 1)):
                 episode = self._rollout(pm, z, random, deterministic=i == pm.agent_opts.episodes_per_epoch)
                 masks = top_k_masks(scores, episode.kept)
-                reward = self.scorer(pm.cnn, masks, recal, batch_stats)
+                reward, hits = self.scorer.score(pm.cnn, masks, recal, batch_stats)
                 rewards.append(reward)
                 n = len(episode.kept)
                 r = torch.zeros(n)
                 r[-1] = reward  # only the finished sub-network is scored
                 pm.replay.add(episode.states, episode.actions[:, None], r, episode.next_states, episode.dones,
                               torch.full((n,), t, dtype=torch.long))
-                if reward > screened + self._margin(screened, self.screen_n):
+                if self._beats(self.scorer, reward, hits, screened, incumbent_hits, self.screen_n):
                     contenders.append((reward, list(episode.kept), masks))
             confirmed = self._accept(pm, contenders, recal, batch_stats)
         pm.epoch_stats = {
@@ -141,6 +144,15 @@ class AgentEpisodes(L.Callback):
             "agent_seconds": time.perf_counter() - start, "random_actions": float(random),
             "contenders_confirmed": float(confirmed),
         }
+
+    def _beats(self, scorer: RewardScorer, reward: float, hits, base: float, base_hits, n: int) -> bool:
+        """Whether a sub-network scoring `reward` (per-image `hits`) beats the incumbent's `base`
+        by `margin_se` standard errors: of the paired difference on the same images
+        (`reward.paired`, the default), or of one top-1 measured on n images."""
+        if base_hits is None or not self.paired:
+            return reward > base + self._margin(base, n)
+        gain, se = scorer.paired_gain(base_hits, hits)
+        return gain > 0 and gain > self.margin_se * se
 
     def _margin(self, top1: float, n: int) -> float:
         """How much a contender must win by: `margin_se` standard errors of a top-1 of `top1`
@@ -159,9 +171,9 @@ class AgentEpisodes(L.Callback):
         if self.confirmer is None or pm.incumbent_kept is None:
             pm.incumbent_kept, pm.incumbent_reward, pm.incumbent_masks = kept, reward, masks
             return 0
-        incumbent = self.confirmer(pm.cnn, pm.incumbent_masks, recal, batch_stats)
-        challenger = self.confirmer(pm.cnn, masks, recal, batch_stats)
-        if challenger > incumbent + self._margin(incumbent, self.confirm_n):
+        incumbent, incumbent_hits = self.confirmer.score(pm.cnn, pm.incumbent_masks, recal, batch_stats)
+        challenger, hits = self.confirmer.score(pm.cnn, masks, recal, batch_stats)
+        if self._beats(self.confirmer, challenger, hits, incumbent, incumbent_hits, self.confirm_n):
             pm.incumbent_kept, pm.incumbent_reward, pm.incumbent_masks = kept, challenger, masks
         else:
             pm.incumbent_reward = incumbent
@@ -185,7 +197,8 @@ class AgentEpisodes(L.Callback):
         """Actions are drawn on rank 0 and broadcast, so every rank scores the same sub-networks."""
         def policy(state):
             if random:
-                return float(pm.sac.random_action(1, generator=pm.agent_generator)[0, 0])
+                return float(pm.sac.random_action(1, generator=pm.agent_generator,
+                                                  spread=pm.agent_opts.random_spread)[0, 0])
             with torch.no_grad():
                 dev = next(pm.sac.parameters()).device
                 action = pm.sac.act(state.to(dev), z.to(dev), deterministic=deterministic,

@@ -124,3 +124,66 @@ def test_uniform_under_budget_uses_the_budget(rule, resnet20):
     env = PruningEnvironment(st, fm, BudgetClipper(fm, 1.0, rule, extra_costs=[(lat, 0.7)]))
     kept = env.uniform_under_budget()
     assert lat(kept) <= 0.7 * lat.dense
+
+
+# ---------------------------------------------------------------- centred actions
+@pytest.fixture(scope="module")
+def resnet20_internal():
+    """The default structure (residual-coupled groups dense): every internal group must lose
+    more than half its channels at budget 0.5, far from the middle of the action range."""
+    model = create_model("cifar_resnet20", num_classes=5).eval()
+    st = ChannelStructure(model, torch.randn(1, 3, 32, 32))
+    return st, FlopsModel(st)
+
+
+def test_warp_is_a_monotone_bijection_that_sends_the_middle_to_the_centre(resnet20_internal):
+    st, fm = resnet20_internal
+    env = PruningEnvironment(st, fm, BudgetClipper(fm, 0.5), centred=True)
+    top = env.clipper.rule.max_ratio
+    for centre in (0.0, 0.2, 0.56, top):
+        assert env.warp(0.0, centre) == 0.0 and env.warp(top, centre) == pytest.approx(top)
+        if 0.0 < centre < top:
+            assert env.warp(top / 2, centre) == pytest.approx(centre)
+        grid = np.linspace(0.0, top, 41)
+        warped = [env.warp(a, centre) for a in grid]
+        assert all(b >= a - 1e-12 for a, b in zip(warped, warped[1:]))
+        if 0.0 < centre < top:
+            assert all(env.unwarp(env.warp(a, centre), centre) == pytest.approx(a) for a in grid)
+    assert env.warp(0.3, None) == 0.3 == env.unwarp(0.3, None)  # plain actions: the identity
+
+
+@pytest.mark.parametrize("budget", [0.5, 0.7])
+def test_the_middle_action_is_the_uniform_allocation(resnet20_internal, budget):
+    st, fm = resnet20_internal
+    env = PruningEnvironment(st, fm, BudgetClipper(fm, budget), centred=True)
+    top = env.clipper.rule.max_ratio
+    ep = env.rollout(lambda s: top / 2)
+    centre = env.uniform_ratio()
+    removed = 1.0 - np.asarray(ep.kept) / np.asarray(st.sizes)
+    # every group within two channels of the uniform ratio (rounding, re-centred as it goes),
+    # bar the last, which takes up what the rounding left
+    step = 1.0 / np.asarray(st.sizes)
+    assert np.all(np.abs(removed[:-1] - centre) <= 2 * step[:-1] + 1e-9), (removed, centre)
+    assert budget * 0.97 <= ep.flops / fm.dense <= budget
+    plain = PruningEnvironment(st, fm, BudgetClipper(fm, budget)).rollout(lambda s: top / 2)
+    assert plain.kept != ep.kept  # the plain action top / 2 is not budget-neutral here
+
+
+def test_centred_random_episodes_squeeze_the_last_groups_less(resnet20_internal):
+    """The reason for centring: with plain actions, random episodes leave the last groups at
+    their fewest channels; centred on the remaining groups' uniform ratio, far less often."""
+    st, fm = resnet20_internal
+    floor = [int(c[0]) for c in BudgetClipper(fm, 0.5).candidates]
+
+    def squeezed(centred: bool, spread: float) -> float:
+        env = PruningEnvironment(st, fm, BudgetClipper(fm, 0.5), centred=centred)
+        g = torch.Generator().manual_seed(0)
+        top = env.clipper.rule.max_ratio
+        hits = 0
+        for _ in range(60):
+            ep = env.rollout(lambda s: float((0.5 + (torch.rand(1, generator=g) - 0.5) * spread) * top))
+            hits += sum(k == f for k, f in zip(ep.kept[-3:], floor[-3:]))
+        return hits / (60 * 3)
+
+    plain, centred = squeezed(False, 1.0), squeezed(True, 0.5)
+    assert plain > 0.5 and centred < plain / 2, (plain, centred)

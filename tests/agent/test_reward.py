@@ -34,3 +34,47 @@ def test_scores_are_accuracies_and_buffers_survive():
     model.load_state_dict(before)
     scorer_one_batch = RewardScorer(plan, x, y, batch_size=64)
     assert scorer_one_batch(model, masks, batch_stats=True) == by_batch
+
+
+def test_score_returns_the_hits_behind_the_top1():
+    model = net()
+    x, y = torch.randn(40, 3, 8, 8), torch.randint(0, 4, (40,))
+    scorer = RewardScorer(MaskPlan(ChannelStructure(model, x[:1])), x, y, batch_size=16)
+    top1, hits = scorer.score(model, None)
+    assert hits.dtype == torch.bool and len(hits) == 40
+    assert torch.equal(hits, model.eval()(x).argmax(1) == y) and top1 == float(hits.float().mean())
+
+
+def test_paired_gain_counts_only_the_images_the_two_disagree_on():
+    scorer = RewardScorer(None, torch.zeros(1), torch.zeros(1))
+    a = torch.zeros(400, dtype=torch.bool)
+    a[:200] = True                      # incumbent: 50 % right
+    b = a.clone()
+    b[200:212] = True                   # contender: the same, plus 12 more right
+    gain, se = scorer.paired_gain(a, b)
+    assert gain == 11 / 400  # 12 images, less McNemar's continuity correction of one
+    assert abs(se - ((12 / 400 - (12 / 400) ** 2) / 400) ** 0.5) < 1e-12
+    # the unpaired standard error of one top-1 at 50 % on 400 images is 2.5 points: the gain is
+    # barely one of those, but more than three paired standard errors
+    assert gain / se > 3.0 and gain < 1.25 * (0.25 / 400) ** 0.5
+    # swapped, the gain changes sign; equal hits give no gain and no error
+    assert scorer.paired_gain(b, a)[0] == -gain and scorer.paired_gain(a, a) == (0.0, 0.0)
+    # under DDP the counts are summed over ranks before the difference is formed
+    doubled = RewardScorer(None, torch.zeros(1), torch.zeros(1), all_reduce=lambda t: 2 * t)
+    assert doubled.paired_gain(a, b)[0] > gain and doubled.paired_gain(a, b)[1] < se
+
+
+def test_a_contender_must_win_by_the_paired_margin():
+    from jointprune.callbacks.agent_episodes import AgentEpisodes
+    scorer = RewardScorer(None, torch.zeros(1), torch.zeros(1))
+    a = torch.zeros(400, dtype=torch.bool)
+    a[:200] = True
+    small, large = a.clone(), a.clone()
+    small[200:202] = True               # +2 images: within noise
+    large[200:212] = True               # +12 images: a real gain
+    cb = AgentEpisodes()
+    cb.margin_se = 1.0
+    assert cb._beats(scorer, 0.53, large, 0.5, a, 400) and not cb._beats(scorer, 0.505, small, 0.5, a, 400)
+    cb.paired = False  # the unpaired margin: one top-1's standard error, 2.5 points here
+    assert not cb._beats(scorer, 0.52, large, 0.5, a, 400) and cb._beats(scorer, 0.53, large, 0.5, a, 400)
+    assert cb._beats(scorer, 0.1, None, -float("inf"), None, 400)  # no incumbent yet: any score wins

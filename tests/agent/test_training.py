@@ -132,3 +132,12 @@ def test_bad_agent_options_are_one_clear_error(field, value):
     from jointprune.errors import JointPruneError
     with pytest.raises(JointPruneError, match=f"model.agent.{field}"):
         check_agent_options(AgentOptions(**{field: value}))
+
+
+@pytest.mark.parametrize("spread", [0.0, 1.5, -0.2])
+def test_a_random_spread_outside_its_range_is_one_sentence(spread):
+    from jointprune.agent.training import check_agent_options
+    from jointprune.errors import JointPruneError
+    from jointprune.options import AgentOptions
+    with pytest.raises(JointPruneError, match=r"model\.agent\.random_spread must be in \(0, 1\]"):
+        check_agent_options(AgentOptions(random_spread=spread))

@@ -48,12 +48,12 @@ def test_shrink_keeps_the_shape_and_snaps_down_to_allowed_counts():
     assert all(a <= b for a, b in zip(shrink(kept, 0.3, rounded), kept))
 
 
-def test_corrected_target_uses_the_offset_then_the_line_through_two_points():
-    assert corrected_target(0.5, [(0.5, 0.62)]) == pytest.approx(0.38)
+def test_corrected_target_uses_the_factor_then_the_line_through_two_points():
+    assert corrected_target(0.5, [(0.5, 0.625)]) == pytest.approx(0.4)
     # measured = 0.5 + 0.5 x predicted through both points: predicted 0 measures 0.5 at budget 0.5
     assert corrected_target(0.55, [(0.5, 0.75), (0.3, 0.65)]) == pytest.approx(0.1)
-    # a falling line (noise) falls back to the latest offset
-    assert corrected_target(0.5, [(0.5, 0.6), (0.4, 0.7)]) == pytest.approx(0.2)
+    # a falling line (noise) falls back to the latest factor
+    assert corrected_target(0.5, [(0.5, 0.6), (0.4, 0.8)]) == pytest.approx(0.25)
 
 
 def test_kept_for_target_is_the_largest_scale_under_the_target():

@@ -9,6 +9,7 @@ import logging
 
 import torch
 
+from ..errors import JointPruneError
 from ..pruning import group_importance, top_k_masks
 from ..pruning.extract import extract_subnetwork
 from ..pruning.latency import measure_pair
@@ -42,10 +43,17 @@ def verify_incumbent(trainer, pm) -> dict:
                                 warmup=1, repeats=opts.verify_repeats)
 
         # measure_pair draws its input from the global generator: rank 0 alone must not move it
-        with torch.random.fork_rng(devices=[]):
-            result = verify_latency(lm, pm.incumbent_kept, candidates, pm.latency_budget, opts.verify_rounds,
-                                    measure)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                result = verify_latency(lm, pm.incumbent_kept, candidates, pm.latency_budget, opts.verify_rounds,
+                                        measure)
+        except (RuntimeError, JointPruneError) as err:  # every rank raises it, nobody waits in the broadcast
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            result = (f"the incumbent's latency could not be measured on {device} after the agent ({reason}); "
+                      "set model.latency.verify_rounds: 0 to skip the check.")
     result = broadcast_object(result)
+    if isinstance(result, str):
+        raise JointPruneError(result)
     sentence = None
     if result["status"] == "floor":
         sentence = floor_sentence(pm.latency_budget, result["rounds"], info["device"])

@@ -94,6 +94,19 @@ def test_a_floor_that_misses_is_said_in_one_sentence(monkeypatch, capsys):
     assert result["sentence"] in capsys.readouterr().out
 
 
+def test_a_measurement_that_fails_is_one_sentence(monkeypatch):
+    from jointprune.errors import JointPruneError
+    pm, trainer, _ = fake_run([6, 9], rounds=3)
+
+    def broken(*a, **kw):
+        raise RuntimeError("out of memory\nmore detail")
+    monkeypatch.setattr(verify_mod, "measure_pair", broken)
+    with pytest.raises(JointPruneError, match=r"could not be measured on cpu after the agent \(out of memory\); "
+                                              r"set model.latency.verify_rounds: 0"):
+        verify_mod.verify_incumbent(trainer, pm)
+    assert pm.incumbent_kept == [6, 9]  # left as it was
+
+
 def test_a_run_records_the_loop_in_pruned_json(tmp_path, monkeypatch, capsys):
     import lightning as L
 

@@ -159,6 +159,8 @@ def main(argv=None) -> None:
     p.add_argument("--max-ratio", type=float, default=0.8, help="model.pruning.max_ratio")
     p.add_argument("--max-ratio-cell", nargs="*", help="model:budget=max_ratio for one cell, e.g. cifar_resnet56:0.3=0.9")
     p.add_argument("--verify-rounds", type=int, default=3, help="model.latency.verify_rounds (0: no closed loop)")
+    p.add_argument("--flops-budget-cell", nargs="*", help="model:budget=f: f(b) given, not measured again")
+    p.add_argument("--rows-out", help="append each finished row to this JSON-lines file")
     p.add_argument("--extra-rows", help="JSON lines of rows from an earlier run to include in the table and plot")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -171,16 +173,27 @@ def main(argv=None) -> None:
         ratios[(name, float(b))] = float(ratio)
     with tempfile.TemporaryDirectory() as cache_dir:
         matched = {}
+        for spec in args.flops_budget_cell or []:  # model:budget=f, from an earlier run's output
+            where, f = spec.split("=")
+            name, b = where.split(":")
+            matched[(name, float(b))] = float(f)
         for name, b in cells:
+            if (name, b) in matched:
+                continue
             matched[(name, b)] = matched_flops_budget(name, (3, args.resize, args.resize), args.batch, args.threads,
                                                       b, args.prune_coupled, ratios[(name, b)], args.runs)
             print(f"{name} b={b}: f(b)={matched[(name, b)]:.3f} (max_ratio {ratios[(name, b)]})", flush=True)
-        jobs = [(name, b, seed, matched[(name, b)], ratios[(name, b)]) for name, b in cells for seed in args.seeds]
+        done = {(r["model"], r["budget"], r["seed"]) for r in rows}  # rows from --extra-rows are not run again
+        jobs = [(name, b, seed, matched[(name, b)], ratios[(name, b)]) for name, b in cells for seed in args.seeds
+                if (name, b, seed) not in done]
         with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), initializer=torch.set_num_threads,
                                  initargs=(args.threads,)) as pool:
             for row in pool.map(partial(pair, args=args, cache_dir=cache_dir), jobs):
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+                if args.rows_out:  # each finished pair kept at once: a killed run loses only what ran
+                    with open(args.rows_out, "a") as fh:
+                        fh.write(json.dumps(row) + "\n")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -40,7 +40,7 @@ def latency_fields(pm, dense_arch) -> dict:
     verify = getattr(pm, "latency_verify", None)
     if verify is not None:  # the closed loop after the agent (callbacks/latency_verify.py)
         fields.update(latency_verify=verify["rounds"], latency_verify_status=verify["status"],
-                      latency_verify_note=verify["sentence"])
+                      latency_verify_note=verify["sentence"], latency_verify_seconds=verify.get("seconds"))
     if not met:
         log.warning(latency_miss_sentence(fields))
         print(f"[jointprune] WARNING: {latency_miss_sentence(fields)}", flush=True)

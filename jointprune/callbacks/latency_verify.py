@@ -6,6 +6,7 @@ other) and broadcasts the outcome; every rank then rebuilds the same masks."""
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
@@ -29,13 +30,14 @@ def due(trainer, pm) -> bool:
 
 def verify_incumbent(trainer, pm) -> dict:
     """Run the loop on rank 0, broadcast it, and move every rank's incumbent (counts and masks) to
-    the result. Returns pm.latency_verify: {"status", "rounds", "sentence"}."""
+    the result. Returns pm.latency_verify: {"status", "rounds", "sentence", "seconds"}."""
     lm, opts = pm.latency_model, pm.latency_opts
     info = lm.info
     device = torch.device(info["device"])
     scores = group_importance(pm.cnn, pm.structure, pm.pruning.importance)
     candidates = pm.clipper.candidates
     result: object = None
+    started = time.perf_counter()
     if trainer.is_global_zero:
         def measure(kept):
             small = extract_subnetwork(pm.cnn, pm.structure, top_k_masks(scores, kept))
@@ -61,7 +63,8 @@ def verify_incumbent(trainer, pm) -> dict:
         sentence = rounds_sentence(pm.latency_budget, result["rounds"], info["device"])
     pm.incumbent_kept = list(result["kept"])
     pm.incumbent_masks = top_k_masks(scores, pm.incumbent_kept)
-    pm.latency_verify = {"status": result["status"], "rounds": result["rounds"], "sentence": sentence}
+    pm.latency_verify = {"status": result["status"], "rounds": result["rounds"], "sentence": sentence,
+                         "seconds": time.perf_counter() - started}
     if trainer.is_global_zero:
         for r in result["rounds"]:
             target = "" if r["target"] is None else f", model target {r['target']:.3f}"

@@ -136,7 +136,7 @@ def test_a_run_records_the_loop_in_pruned_json(tmp_path, monkeypatch, capsys):
     report = json.loads((tmp_path / "export" / "pruned.json").read_text())
     assert report["latency_verify_status"] == "floor"
     assert [r["measured"] for r in report["latency_verify"]] == [0.99] * len(report["latency_verify"])
-    assert "cannot be met" in report["latency_verify_note"]
+    assert "cannot be met" in report["latency_verify_note"] and report["latency_verify_seconds"] >= 0
     assert model.incumbent_kept == [int(c[0]) for c in model.clipper.candidates]  # cut to the floor
     out = capsys.readouterr().out
     assert "latency measured 0.990" in out  # the epoch's summary line

@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from jointprune.models import CifarResNet  # noqa: E402
 from jointprune.models.checks import check_exportable  # noqa: E402
-from jointprune.pruning import ChannelStructure, extract_subnetwork, group_importance, save_pruned, top_k_masks  # noqa: E402
+from jointprune.pruning import (  # noqa: E402
+    ChannelStructure, extract_subnetwork, group_importance, save_pruned, top_k_masks)
 from jointprune.pruning.capture import DenseCapture  # noqa: E402
 from jointprune.pruning.export import load_report  # noqa: E402
 

@@ -150,7 +150,9 @@ class JointPruneModule(L.LightningModule):
         if self.engine_ready:
             return
         if stage == "fit" and self.export_opts.check_at_start and not self.extracted:
-            check_exportable(self.cnn, self.input_shape)  # the export at the end must not fail after training
+            # the export at the end must not fail after training; it reuses this capture (pruning/capture.py)
+            from .pruning.capture import DenseCapture
+            self.export_capture = DenseCapture.of(check_exportable(self.cnn, self.input_shape))
         max_epochs = max(int(self.trainer.max_epochs or 1), 1)
         self.epochs = self.resolve_schedule(max_epochs)
         check_agent_options(self.agent_opts)

@@ -114,6 +114,7 @@ class JointPruneModule(L.LightningModule):
         self.cluster_opts = cluster
         self.latency_budget, self.latency_opts = latency_budget, latency
         self.latency_model = None  # measured at setup, on the trainer's device (attach_latency_budget)
+        self.latency_verify = None  # the measured check after the agent (callbacks/latency_verify.py)
         self.engine_ready = False
         # Run state that checkpoints carry (see on_save_checkpoint).
         self.incumbent_kept: Optional[list[int]] = None
@@ -149,7 +150,9 @@ class JointPruneModule(L.LightningModule):
         if self.engine_ready:
             return
         if stage == "fit" and self.export_opts.check_at_start and not self.extracted:
-            check_exportable(self.cnn, self.input_shape)  # the export at the end must not fail after training
+            # the export at the end must not fail after training; it reuses this capture (pruning/capture.py)
+            from .pruning.capture import DenseCapture
+            self.export_capture = DenseCapture.of(check_exportable(self.cnn, self.input_shape))
         max_epochs = max(int(self.trainer.max_epochs or 1), 1)
         self.epochs = self.resolve_schedule(max_epochs)
         check_agent_options(self.agent_opts)
@@ -328,7 +331,9 @@ class JointPruneModule(L.LightningModule):
                 f"incumbent {s['incumbent_reward']:.4f} at {s['flops_ratio']:.3f} FLOPs | "
                 f"decoder loss {s.get('decoder_loss', float('nan')):.4g} | agent time {s['agent_time_fraction']:.2f} | "
                 f"removed mass {s.get('removed_mass', float('nan')):.3f}"
-                + (" | random actions" if s.get("random_actions") else ""))
+                + (" | random actions" if s.get("random_actions") else "")
+                + (f" | latency measured {s['latency_measured']:.3f} (model {s['latency_predicted']:.3f}, "
+                   f"{int(s['latency_rounds'])} shrink round(s))" if "latency_measured" in s else ""))
         bar = getattr(self.trainer, "progress_bar_callback", None)
         if self.trainer.is_global_zero:
             if bar is not None and hasattr(bar, "print"):
@@ -452,6 +457,7 @@ class JointPruneModule(L.LightningModule):
             "last_epoch_done": self.last_epoch_done,
             "cut_stats": getattr(self, "cut_stats", None),
             "align_floor": getattr(self, "align_floor", None),
+            "latency_verify": getattr(self, "latency_verify", None),
             "rng": self.pending_rng or get_rng_state(),
             # the agent's work of an epoch ends before its checkpoint (callbacks/sync.py), its
             # logging after; and pruned.json's extraction facts must survive a restart
@@ -489,6 +495,7 @@ class JointPruneModule(L.LightningModule):
         if state.get("cut_stats") is not None:
             self.cut_stats = state["cut_stats"]
         self.align_floor = state.get("align_floor")
+        self.latency_verify = state.get("latency_verify")
         self.pending_rng = state["rng"]
         self.epoch_stats = dict(state.get("epoch_stats", {}))
         self.extracted_at, self.dense_test_acc = state.get("extracted_at"), state.get("dense_test_acc")

@@ -1,12 +1,22 @@
 """The quickstart's evidence, over seeds: jointprune vs a dense network trained for the same epochs.
 
 For each seed it runs `experiments/quickstart.yaml` (train from scratch + prune to 0.5 FLOPs in
-one run) and a dense CifarResNet-20 with the same data, optimiser, schedule and epochs, and
-prints one markdown table: test accuracy, FLOPs ratio, whether the decoder's reconstruction
-error fell and the agent's mean reward rose over the joint phase, the agent's share of the
-epoch time, and the total wall time of the jointprune run against dense training; then where the
-jointprune run's wall time goes (dense epochs before the cut, agent, pruned epochs, validation, end of
-fit) next to the dense reference's epochs. Pairs run one after the other per seed (A, B, A, B).
+one run) and two dense CifarResNet-20 references with the same data, optimiser, schedule and
+epochs, and prints one markdown table: test accuracy, FLOPs ratio, whether the decoder's
+reconstruction error fell and the agent's mean reward rose over the joint phase, the agent's
+share of the epoch time, and the total wall time of the jointprune run against each reference;
+then where the jointprune run's wall time goes (dense epochs before the cut, agent, the test and
+val passes at the cut, pruned epochs, validation, end of fit) next to the references' epochs.
+
+The two references, so that like is compared with like:
+* "bare": the training loop alone (no validation, no checkpoints, no test): a floor no real run
+  reaches, and what earlier versions of this script compared against;
+* "like-for-like": what a user's dense run of the same config costs: the config's Trainer
+  settings (validation every epoch with the sanity check, ModelCheckpoint save_last + top-1
+  every epoch) and one test pass at the end, as the jointprune run does (its final report tests
+  the network; it also validates and tests at the cut, times latency and writes the export).
+The programs run one after the other per seed (jointprune, bare, like-for-like, then the next
+seed), so drift on a shared machine hits all three alike.
 
     python experiments/benchmarks/bench_quickstart.py [--seeds 0 1 2] [--quick]
 """
@@ -24,24 +34,58 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torchmetrics.classification import MulticlassAccuracy
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from jointprune.cli import JointPruneCLI  # noqa: E402
+from jointprune.callbacks.subnet_extraction import SubnetExtraction  # noqa: E402
 from jointprune.module import JointPruneModule  # noqa: E402
+
+
+class CutTimer:
+    """Seconds spent in the passes at the cut (dense test and val top-1, pruned val and test
+    top-1, the surgery), which run at the start of the first pruned epoch."""
+    seconds = 0.0
+    real = SubnetExtraction._extract
+
+    @classmethod
+    def install(cls):
+        def timed(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return cls.real(self, *args, **kwargs)
+            finally:
+                cls.seconds += time.perf_counter() - start
+        SubnetExtraction._extract = timed
 
 
 class DenseModule(L.LightningModule):
     """The same CNN, optimiser and schedule as the quickstart, with no pruning at all."""
 
-    def __init__(self, cnn, optim, max_epochs):
+    def __init__(self, cnn, optim, max_epochs, num_classes):
         super().__init__()
         self.cnn, self.optim, self.max_epochs = cnn, optim, max_epochs
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
 
     def training_step(self, batch, _):
         x, y = batch
         return F.cross_entropy(self.cnn(x), y)
+
+    def _eval_step(self, batch, split):
+        x, y = batch
+        metric = getattr(self, f"{split}_acc")
+        metric.update(self.cnn(x), y)
+        self.log(f"{split}/acc", metric, on_step=False, on_epoch=True)
+
+    def validation_step(self, batch, _):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, _):
+        self._eval_step(batch, "test")
 
     def configure_optimizers(self):
         o = self.optim
@@ -95,20 +139,26 @@ def run_pair(seed: int, overrides: list[str], work: Path) -> dict:
                         run=False, args=args, save_config_kwargs={"overwrite": True})
     timer = PhaseTimer()
     cli.trainer.callbacks.insert(0, timer)
+    CutTimer.seconds = 0.0
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
     jp_seconds = time.perf_counter() - start
+    cut_seconds = CutTimer.seconds
     end_of_fit = time.perf_counter() - timer.train_end
     report = json.loads((work / f"jp{seed}" / "pruned" / "pruned.json").read_text())
     history = report["history"]
 
-    # The dense reference: same CNN class and arguments, freshly initialised with the same seed.
-    L.seed_everything(seed)
+    # The dense references: same CNN class and arguments, freshly initialised with the same seed.
     cnn_config = cli.config["model"]["cnn"]
     init = dict(cnn_config.get("init_args") or {}, num_classes=cli.datamodule.num_classes)
     module_name, _, cls_name = cnn_config["class_path"].rpartition(".")
-    dense_cnn = getattr(importlib.import_module(module_name), cls_name)(**init)
-    dense = DenseModule(dense_cnn, cli.model.optim, cli.trainer.max_epochs)
+
+    def dense_module():
+        L.seed_everything(seed)
+        cnn = getattr(importlib.import_module(module_name), cls_name)(**init)
+        return DenseModule(cnn, cli.model.optim, cli.trainer.max_epochs, cli.datamodule.num_classes)
+
+    dense = dense_module()  # bare: the training loop alone
     trainer = L.Trainer(max_epochs=cli.trainer.max_epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     dense_timer = PhaseTimer()
@@ -116,17 +166,35 @@ def run_pair(seed: int, overrides: list[str], work: Path) -> dict:
     start = time.perf_counter()
     trainer.fit(dense, cli.datamodule)
     dense_seconds = time.perf_counter() - start
+    dense_cnn = dense.cnn
+
+    # like-for-like: the config's Trainer settings (validation each epoch, last + top-1
+    # checkpoints every epoch) and a final test pass, as a user's dense run would have
+    full = dense_module()
+    full_trainer = L.Trainer(max_epochs=cli.trainer.max_epochs, accelerator="cpu", logger=False,
+                             default_root_dir=str(work / f"dense{seed}"), enable_progress_bar=False,
+                             enable_model_summary=False, callbacks=[ModelCheckpoint(save_last=True, save_top_k=1)])
+    full_timer = PhaseTimer()
+    full_trainer.callbacks.insert(0, full_timer)
+    start = time.perf_counter()
+    full_trainer.fit(full, cli.datamodule)
+    full_test = full_trainer.test(full, cli.datamodule, verbose=False)[0]["test/acc"]
+    full_seconds = time.perf_counter() - start
     extract = cli.model.epochs["extract_at"]
     agent = sum(h["agent_seconds"] for h in history)
     phases = {  # seconds
         "dense epochs before the cut": sum(v for e, v in timer.epoch.items() if e < extract) - agent,
         "agent (episodes, decoder, SAC)": agent,
-        "pruned epochs after the cut": sum(v for e, v in timer.epoch.items() if e >= extract),
+        "test and val passes at the cut": cut_seconds,
+        "pruned epochs after the cut": sum(v for e, v in timer.epoch.items() if e >= extract) - cut_seconds,
         "validation (all epochs)": timer.val,
         "end of fit (report, latency, export)": end_of_fit,
         "other (setup, checkpoints, hooks)": jp_seconds - sum(timer.epoch.values()) - timer.val - end_of_fit,
         "dense reference: epochs before the cut": sum(v for e, v in dense_timer.epoch.items() if e < extract),
         "dense reference: epochs after the cut": sum(v for e, v in dense_timer.epoch.items() if e >= extract),
+        "like-for-like dense: validation (all epochs)": full_timer.val,
+        "like-for-like dense: rest (setup, checkpoints, test)": full_seconds - sum(full_timer.epoch.values())
+        - full_timer.val,
     }
     return {
         "seed": seed,
@@ -136,7 +204,8 @@ def run_pair(seed: int, overrides: list[str], work: Path) -> dict:
         "reward_mean_first_learned": next(h["reward_mean"] for h in history if not h.get("random_actions")),
         "reward_mean_last": history[-1]["reward_mean"],
         "agent_time_fraction": statistics.median(h["agent_time_fraction"] for h in history),
-        "jp_seconds": jp_seconds, "dense_seconds": dense_seconds,
+        "jp_seconds": jp_seconds, "dense_seconds": dense_seconds, "dense_full_seconds": full_seconds,
+        "dense_full_test_acc": full_test,
         # within each agent epoch, the decoder's MSE over its first and last tenth of steps
         "decoder_fit_per_epoch": [(h["decoder_loss_first"], h["decoder_loss"]) for h in history],
         "reward_mean_per_epoch": [h["reward_mean"] for h in history],
@@ -156,6 +225,7 @@ def main() -> None:
         overrides = ["--data.init_args.resize", "16", "--trainer.max_epochs", "4", "--model.schedule.agent_until", "3",
                      "--model.schedule.extract_at", "3"]
     rows = []
+    CutTimer.install()
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             rows.append(run_pair(seed, overrides, Path(tmp)))
@@ -167,22 +237,26 @@ def main() -> None:
         print(f"seed {r['seed']}: rewards " + " ".join(f"{v:.3f}" for v in r["reward_mean_per_epoch"]) + " | decoder "
               + " ".join(f"{a:.4f}->{b:.4f}" for a, b in r["decoder_fit_per_epoch"]))
     print("\n| seed | jointprune test acc | dense test acc | FLOPs ratio (budget) | decoder MSE first→last "
-          "| mean reward first learned→last | agent time / epoch | jointprune s | dense s | time ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| mean reward first learned→last | agent time / epoch | jointprune s | dense s: bare / like-for-like "
+          "| time ratio vs bare | time ratio vs like-for-like |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['seed']} | {r['jp_test_acc']:.4f} | {r['dense_test_acc']:.4f} | {r['flops_ratio']:.3f} ({r['budget']}) "
               f"| {r['decoder_loss_first_epoch']:.4g}→{r['decoder_loss_last_epoch']:.4g} "
               f"| {r['reward_mean_first_learned']:.3f}→{r['reward_mean_last']:.3f} | {r['agent_time_fraction']:.2f} "
-              f"| {r['jp_seconds']:.0f} | {r['dense_seconds']:.0f} | {r['jp_seconds'] / r['dense_seconds']:.2f}x |")
+              f"| {r['jp_seconds']:.1f} | {r['dense_seconds']:.1f} / {r['dense_full_seconds']:.1f} "
+              f"| {r['jp_seconds'] / r['dense_seconds']:.2f}x | {r['jp_seconds'] / r['dense_full_seconds']:.2f}x |")
+    med = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731
+    ratio = lambda ref: statistics.median(r["jp_seconds"] / r[ref] for r in rows)  # noqa: E731
+    print(f"| median | {med('jp_test_acc'):.4f} | {med('dense_test_acc'):.4f} | {med('flops_ratio'):.3f} | | | "
+          f"{med('agent_time_fraction'):.2f} | {med('jp_seconds'):.1f} | {med('dense_seconds'):.1f} / "
+          f"{med('dense_full_seconds'):.1f} | {ratio('dense_seconds'):.2f}x | {ratio('dense_full_seconds'):.2f}x |")
     print("\n| where the time goes (median s) | " + " | ".join(f"seed {r['seed']}" for r in rows) + " | median |")
     print("|---|" + "---|" * (len(rows) + 1))
     for phase in rows[0]["phases"]:
         values = [r["phases"][phase] for r in rows]
         print(f"| {phase} | " + " | ".join(f"{v:.1f}" for v in values) + f" | {statistics.median(values):.1f} |")
-    med = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731
-    print(f"| median | {med('jp_test_acc'):.4f} | {med('dense_test_acc'):.4f} | {med('flops_ratio'):.3f} | | | "
-          f"{med('agent_time_fraction'):.2f} | {med('jp_seconds'):.0f} | {med('dense_seconds'):.0f} | "
-          f"{med('jp_seconds') / med('dense_seconds'):.2f}x |")
+
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from ..agent.reward import RewardScorer
 from ..errors import JointPruneError
 from ..pruning import group_importance, top_k_masks
 from ..pruning.align import deadline_weights
+from . import latency_verify
 from .sync import all_reduce_sum, broadcast_object, is_agent_point, rank_and_world, shard
 
 
@@ -108,6 +109,7 @@ class AgentEpisodes(L.Callback):
         start = time.perf_counter()
         if pm.agent_opts.policy != "sac":
             self._baseline(pm, start)
+            self._verify_latency(trainer, pm, *pm.reward_calibration())
             return
         t = pm.agent_epoch(epoch)
         pm.env_repr.begin_epoch(t)
@@ -144,6 +146,7 @@ class AgentEpisodes(L.Callback):
             "agent_seconds": time.perf_counter() - start, "random_actions": float(random),
             "contenders_confirmed": float(confirmed),
         }
+        self._verify_latency(trainer, pm, recal, batch_stats)
 
     def _beats(self, scorer: RewardScorer, reward: float, hits, base: float, base_hits, n: int) -> bool:
         """Whether a sub-network scoring `reward` (per-image `hits`) beats the incumbent's `base`
@@ -192,6 +195,24 @@ class AgentEpisodes(L.Callback):
         pm.epoch_stats = {"reward_mean": pm.incumbent_reward, "reward_best": pm.incumbent_reward,
                           "incumbent_reward": pm.incumbent_reward, "flops_ratio": pm.flops_ratio(),
                           "agent_seconds": time.perf_counter() - start, "random_actions": 0.0}
+
+    def _verify_latency(self, trainer, pm, recal, batch_stats) -> None:
+        """After the agent's last epoch: the incumbent measured on the latency device and shrunk
+        until it meets the latency budget (callbacks/latency_verify.py); the summary shows it."""
+        if not latency_verify.due(trainer, pm):
+            return
+        start = time.perf_counter()
+        kept = list(pm.incumbent_kept)
+        result = latency_verify.verify_incumbent(trainer, pm)
+        stats = pm.epoch_stats
+        if pm.incumbent_kept != kept:  # a smaller incumbent: its reward and FLOPs are new
+            with torch.no_grad():
+                pm.incumbent_reward = self.scorer(pm.cnn, pm.incumbent_masks, recal, batch_stats)
+            stats["incumbent_reward"], stats["flops_ratio"] = pm.incumbent_reward, pm.flops_ratio()
+        last = result["rounds"][-1]
+        stats["latency_measured"], stats["latency_predicted"] = last["measured"], last["predicted"]
+        stats["latency_rounds"] = float(len(result["rounds"]) - 1)
+        stats["agent_seconds"] += time.perf_counter() - start
 
     def _rollout(self, pm, z: torch.Tensor, random: bool, deterministic: bool = False):
         """Actions are drawn on rank 0 and broadcast, so every rank scores the same sub-networks."""

@@ -37,6 +37,10 @@ def latency_fields(pm, dense_arch) -> dict:
         "latency_threads": info["threads"],
         "latency_table_seconds": info["build_seconds"],
     }
+    verify = getattr(pm, "latency_verify", None)
+    if verify is not None:  # the closed loop after the agent (callbacks/latency_verify.py)
+        fields.update(latency_verify=verify["rounds"], latency_verify_status=verify["status"],
+                      latency_verify_note=verify["sentence"], latency_verify_seconds=verify.get("seconds"))
     if not met:
         log.warning(latency_miss_sentence(fields))
         print(f"[jointprune] WARNING: {latency_miss_sentence(fields)}", flush=True)
@@ -60,6 +64,11 @@ def latency_rows(report: dict) -> list[tuple[str, str, str, str]]:
              f"{report['pruned_latency_ms']:.2f}",
              f"{report['latency_ratio']:.3f} +-{report['latency_noise']:.3f} (budget {report['latency_budget']}: "
              f"{verdict}; model {report['latency_model_ratio']:.3f})")]
+    if report.get("latency_verify"):
+        checks = ", ".join(f"{r['measured']:.3f}" for r in report["latency_verify"])
+        rows.append(("latency check after the agent", "", "", f"measured {checks} ({report['latency_verify_status']})"))
+    if report.get("latency_verify_note"):
+        rows.append(("latency check", "", "", report["latency_verify_note"]))
     if not report["latency_budget_met"]:
         rows.append(("latency budget", "", "", latency_miss_sentence(report)))
     return rows

@@ -69,16 +69,17 @@ def _check_logits(out, training: bool) -> None:
             "it must return logits of shape (batch, classes): flatten the pooled features before the classifier.")
 
 
-def check_exportable(cnn: nn.Module, input_shape) -> None:
+def check_exportable(cnn: nn.Module, input_shape):
     """torch.export (non-strict, dynamic batch) must capture the dense network's forward: the pruned
     network is written with it at the end of training, so a forward it cannot capture (Python
-    control flow on tensor values, ...) is said now rather than after the whole run."""
+    control flow on tensor values, ...) is said now rather than after the whole run. Returns the
+    ExportedProgram (eval mode), which the export at the end reuses (pruning/capture.py)."""
     x = torch.zeros(2, *input_shape, device=_device(cnn))
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     was_training = cnn.training
     cnn.eval()
     try:
-        torch.export.export(cnn, (x,), dynamic_shapes=({0: batch},), strict=False)
+        return torch.export.export(cnn, (x,), dynamic_shapes=({0: batch},), strict=False)
     except Exception as err:  # noqa: BLE001 - many torch.export error types; the first line says which
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise NetworkError(

@@ -30,6 +30,7 @@ import torch.nn as nn
 from ..errors import JointPruneError
 from ..utils.atomic import atomic_folder, json_bytes
 from .program import ProgramError, build_module, program_from_module, serialize_program
+from .capture import shared_or_fresh
 
 REQUIRED_KEYS = ("dense_flops", "pruned_flops", "flops_budget", "dense_params", "pruned_params", "groups")
 FORMAT = "jointprune-2"  # the "format" pruned.json claims; the only one load_pruned opens
@@ -70,13 +71,15 @@ def library_versions() -> dict:
 
 
 def save_pruned(module: nn.Module, dirpath: str | Path, report: dict, example_input: torch.Tensor,
-                onnx: bool = False, extra_files: dict[str, bytes] | None = None) -> Path:
+                onnx: bool = False, extra_files: dict[str, bytes] | None = None, capture=None) -> Path:
     """Write the export folder `dirpath` (see the module docstring) as one unit and return it.
 
     `report` needs at least REQUIRED_KEYS; `format`, `files`, `input_shape`, `model_class`,
     `versions` and `onnx` are filled in here. `extra_files` (name -> bytes, e.g. widths.png) go
     into the same folder. A failed ONNX export (legacy exporter, then dynamo) leaves the other
-    files complete and is recorded in `report["onnx"]["error"]` as one sentence."""
+    files complete and is recorded in `report["onnx"]["error"]` as one sentence. `capture` (a
+    capture.DenseCapture of the dense network, from the start-of-fit check) is reused for the
+    program instead of tracing the network again when it reproduces `module` exactly."""
     missing = [k for k in REQUIRED_KEYS if k not in report]
     if missing:
         raise ExportError(f"the pruned report lacks {', '.join(missing)}; it needs {', '.join(REQUIRED_KEYS)}.")
@@ -91,7 +94,7 @@ def save_pruned(module: nn.Module, dirpath: str | Path, report: dict, example_in
         if x.shape[0] < 2:  # a batch of 1 would be specialised by export; 2 keeps the dim symbolic
             x = torch.cat([x, x])
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
-        program, batch, program_error = _program(module, x)
+        program, batch, program_error = shared_or_fresh(capture, module, x, lambda: _program(module, x))
         files = {"weights": WEIGHTS, "program": PROGRAM if program is not None else None}
         if program is not None:
             description, constants = serialize_program(program)

@@ -1,4 +1,6 @@
-"""`jointprune fit|validate|test --config`, as users call it."""
+"""`jointprune fit|validate|test --config`, as users call it: a whole run and `--help` in a
+subprocess; the bad-input sentences, which stop before training, through the same `main` in
+this process (call_cli)."""
 import json
 import sys
 from pathlib import Path
@@ -6,7 +8,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cli_helpers import HERE, ROOT, run_cli  # noqa: E402
+from cli_helpers import HERE, ROOT, call_cli, run_cli  # noqa: E402
 
 TINY = HERE / "tiny.yaml"
 
@@ -26,7 +28,7 @@ def test_fit_then_test_with_a_user_cnn(tmp_path):
 
 def test_num_classes_comes_from_the_data(tmp_path):
     """Digits has 10 classes; the CNN's own default (7 here) is overridden by the link."""
-    out = run_cli("fit", "--config", TINY, "--model.cnn.init_args.width", "4", "--print_config")
+    out = call_cli("fit", "--config", TINY, "--model.cnn.init_args.width", "4", "--print_config")
     assert out.returncode == 0, out.stderr[-2000:]
     printed = yaml.safe_load(out.stdout)
     assert printed["model"]["cnn"]["init_args"]["width"] == 4
@@ -43,19 +45,19 @@ IMPOSSIBLE = ("--model.flops_budget", "0.001")
 
 
 def test_a_torchvision_builder_function_gets_the_datas_classes():
-    out = run_cli("fit", "--config", TINY, "--model.cnn", "torchvision.models.mobilenet_v3_small", *IMPOSSIBLE)
+    out = call_cli("fit", "--config", TINY, "--model.cnn", "torchvision.models.mobilenet_v3_small", *IMPOSSIBLE)
     assert out.returncode == 2, out.stderr[-2000:]
     assert _last_line(out).startswith("jointprune: error: flops_budget=0.001 cannot be met"), out.stderr[-2000:]
 
 
 def test_a_zoo_name_gets_the_datas_classes():
-    out = run_cli("fit", "--config", TINY, "--model.cnn", "cifar_resnet20", *IMPOSSIBLE)
+    out = call_cli("fit", "--config", TINY, "--model.cnn", "cifar_resnet20", *IMPOSSIBLE)
     assert out.returncode == 2, out.stderr[-2000:]
     assert _last_line(out).startswith("jointprune: error: flops_budget=0.001 cannot be met"), out.stderr[-2000:]
 
 
 def test_a_num_classes_that_contradicts_the_data_is_one_sentence():
-    out = run_cli("fit", "--config", TINY, "--model.cnn.init_args.num_classes", "5")
+    out = call_cli("fit", "--config", TINY, "--model.cnn.init_args.num_classes", "5")
     assert out.returncode == 2
     assert _last_line(out) == (
         "jointprune: error: model.cnn.init_args.num_classes=5 disagrees with the data, which has 10 classes; "
@@ -63,14 +65,14 @@ def test_a_num_classes_that_contradicts_the_data_is_one_sentence():
 
 
 def test_a_tuple_output_is_one_sentence_before_training():
-    out = run_cli("fit", "--config", TINY, "--model.cnn.class_path", "cli_networks.TupleCNN")
+    out = call_cli("fit", "--config", TINY, "--model.cnn.class_path", "cli_networks.TupleCNN")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "returns a tuple in training mode, not a logits tensor of shape (batch, classes)" in _last_line(out)
     assert "[jointprune] epoch" not in out.stdout + out.stderr
 
 
 def test_a_forward_export_cannot_capture_is_one_sentence_before_training():
-    out = run_cli("fit", "--config", TINY, "--model.cnn.class_path", "cli_networks.DataDependentCNN")
+    out = call_cli("fit", "--config", TINY, "--model.cnn.class_path", "cli_networks.DataDependentCNN")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert _last_line(out).startswith("jointprune: error: torch.export cannot capture model.cnn's forward")
     assert "[jointprune] epoch" not in out.stdout + out.stderr
@@ -79,7 +81,7 @@ def test_a_forward_export_cannot_capture_is_one_sentence_before_training():
 def test_an_imagenet_folder_without_class_folders_is_one_line(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "img.JPEG").write_bytes(b"not a class folder")
-    out = run_cli("fit", "--config", TINY, "--data.class_path", "jointprune.data.ImageNetDataModule",
+    out = call_cli("fit", "--config", TINY, "--data.class_path", "jointprune.data.ImageNetDataModule",
                   "--data.init_args.root", tmp_path, "--data.init_args.crop_size", "32")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert _last_line(out) == (f"jointprune: error: ImageNet data at {tmp_path / 'train'} has no class folders: "
@@ -87,7 +89,7 @@ def test_an_imagenet_folder_without_class_folders_is_one_line(tmp_path):
 
 
 def test_bad_budget_is_one_sentence():
-    out = run_cli("fit", "--config", TINY, "--model.flops_budget", "1.5")
+    out = call_cli("fit", "--config", TINY, "--model.flops_budget", "1.5")
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
     assert "flops_budget must be a fraction of the dense FLOPs in (0, 1], got 1.5." in last
@@ -95,26 +97,26 @@ def test_bad_budget_is_one_sentence():
 
 
 def test_unknown_model_class_is_reported():
-    out = run_cli("fit", "--config", TINY, "--model.cnn.class_path", "tiny.NoSuchNet")
+    out = call_cli("fit", "--config", TINY, "--model.cnn.class_path", "tiny.NoSuchNet")
     assert out.returncode != 0
     assert "NoSuchNet" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_unknown_data_class_is_reported():
-    out = run_cli("fit", "--config", TINY, "--data.class_path", "jointprune.data.NoSuchData")
+    out = call_cli("fit", "--config", TINY, "--data.class_path", "jointprune.data.NoSuchData")
     assert out.returncode != 0
     assert "NoSuchData" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_schedule_beyond_max_epochs_is_one_sentence():
-    out = run_cli("fit", "--config", TINY, "--model.schedule.agent_until", "40")
+    out = call_cli("fit", "--config", TINY, "--model.schedule.agent_until", "40")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == (
         "jointprune: error: agent_until=40 is beyond max_epochs=4; use an epoch in [0, 4].")
 
 
 def test_missing_data_is_one_sentence(tmp_path):
-    out = run_cli("fit", "--config", TINY, "--data.class_path", "jointprune.data.CIFAR10DataModule",
+    out = call_cli("fit", "--config", TINY, "--data.class_path", "jointprune.data.CIFAR10DataModule",
                   "--data.init_args.root", tmp_path / "nowhere", "--data.init_args.reward_size", "64")
     assert out.returncode == 2, out.stderr[-2000:]
     last = out.stderr.strip().splitlines()[-1]

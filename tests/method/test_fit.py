@@ -37,9 +37,12 @@ def small_run(tmp_path, cnn=None, budget=0.5, max_epochs=4, **kwargs):
     return model, trainer, dm
 
 
-def test_fit_prunes_within_budget_and_exports(tmp_path):
+def test_fit_prunes_within_budget_and_exports(tmp_path, monkeypatch):
+    captures, real_export = [], torch.export.export
+    monkeypatch.setattr(torch.export, "export", lambda *a, **k: captures.append(1) or real_export(*a, **k))
     model, trainer, dm = small_run(tmp_path)
     trainer.fit(model, dm)
+    assert len(captures) == 1  # the start check's capture, reused by the export (pruning/capture.py)
     export = tmp_path / "export"
     report = json.loads((export / "pruned.json").read_text())
     # The hard guarantee, checked with torch-pruning's own counter on the reloaded network.

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cli_helpers import run_cli  # noqa: E402
+from cli_helpers import call_cli, run_cli  # noqa: E402
 
 # The quickstart itself, shrunk so the test takes about a minute.
 SMALL = ["--data.init_args.resize", "16", "--data.init_args.batch_size", "128", "--data.init_args.reward_size", "64",
@@ -15,8 +15,9 @@ SMALL = ["--data.init_args.resize", "16", "--data.init_args.batch_size", "128", 
          "--model.cnn.init_args.width", "8"]
 
 
-def fit(root: Path, *extra):
-    return run_cli("fit", "--config", "experiments/quickstart.yaml", *SMALL, "--trainer.default_root_dir", root,
+def fit(root: Path, *extra, runner=run_cli):
+    """`runner=call_cli` for the refusals: they stop before training, in this process."""
+    return runner("fit", "--config", "experiments/quickstart.yaml", *SMALL, "--trainer.default_root_dir", root,
                    "--trainer.callbacks+=probe.StateProbe", "--trainer.callbacks.out_dir", root / "probe", *extra)
 
 
@@ -50,31 +51,31 @@ def killed_past_extraction(tmp_path_factory):
 
 
 def test_resume_refuses_a_changed_budget(killed_past_extraction):
-    out = fit(killed_past_extraction, *PAST, "--ckpt_path", "last", "--model.flops_budget", "0.3")
+    out = fit(killed_past_extraction, *PAST, "--ckpt_path", "last", "--model.flops_budget", "0.3", runner=call_cli)
     assert out.returncode == 2
     assert "model.flops_budget=0.5" in out.stderr and "0.3" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_resume_from_an_explicit_path_refuses_a_changed_schedule(killed_past_extraction):
     ckpt = next(killed_past_extraction.rglob("last.ckpt"))
-    out = fit(killed_past_extraction, *PAST, "--ckpt_path", ckpt, "--model.schedule.agent_until", "2")
+    out = fit(killed_past_extraction, *PAST, "--ckpt_path", ckpt, "--model.schedule.agent_until", "2", runner=call_cli)
     assert out.returncode == 2
     assert "model.schedule" in out.stderr and "agent_until" in out.stderr
 
 
 def test_resume_refuses_a_changed_epoch_count(killed_past_extraction):
-    out = fit(killed_past_extraction, "--trainer.max_epochs", "6", "--ckpt_path", "last")
+    out = fit(killed_past_extraction, "--trainer.max_epochs", "6", "--ckpt_path", "last", runner=call_cli)
     assert out.returncode == 2 and "max_epochs" in out.stderr
 
 
 def test_resume_without_a_checkpoint_stops_unless_asked_to_start_afresh(tmp_path):
-    out = fit(tmp_path, "--ckpt_path", "last")
+    out = fit(tmp_path, "--ckpt_path", "last", runner=call_cli)
     assert out.returncode == 2 and "found no checkpoint" in out.stderr and "--allow_fresh_start" in out.stderr
     assert not (tmp_path / "pruned").exists()
 
 
 def test_a_second_run_never_writes_another_runs_export(killed_past_extraction):
-    out = fit(killed_past_extraction, *PAST)  # a new run (no --ckpt_path) into the same folder
+    out = fit(killed_past_extraction, *PAST, runner=call_cli)  # a new run (no --ckpt_path) into the same folder
     assert out.returncode == 2 and "belongs to another run" in out.stderr
 
 

@@ -67,3 +67,12 @@ def test_forward_that_export_cannot_capture_is_one_sentence():
     with pytest.raises(NetworkError, match=r"^torch.export cannot capture model.cnn's forward") as err:
         check_exportable(ControlFlowNet(), (3, 8, 8))
     assert "\n" not in str(err.value) and "check_at_start: false" in str(err.value)
+
+
+def test_export_check_returns_its_capture_in_the_mode_it_found():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3)).train()
+    program = check_exportable(model, (3, 8, 8))
+    assert isinstance(program, torch.export.ExportedProgram) and model.training  # the export reuses it
+    x = torch.randn(5, 3, 8, 8)
+    torch.testing.assert_close(program.module()(x), model.eval()(x))  # eval mode, any batch size

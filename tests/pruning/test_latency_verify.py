@@ -1,0 +1,121 @@
+"""The closed latency loop on a cost model and a fake device: shrinking keeps the shape, only
+lowers counts, and stops when the *measured* ratio meets the budget."""
+import numpy as np
+import pytest
+
+from jointprune.pruning import KeepRule
+from jointprune.pruning.latency_verify import (corrected_target, floor_sentence, kept_for_target, rounds_sentence,
+                                               shrink, verify_latency)
+
+SIZES = [16, 32, 64, 64]
+RULE = KeepRule(max_ratio=0.8)
+CANDS = [RULE.candidates(n) for n in SIZES]
+
+
+class Additive:
+    """latency = rest + per-channel cost: a stand-in for the table model."""
+    name = "latency"
+
+    def __init__(self, rest=1.0):
+        self.rest, self.weights = rest, np.array([0.02, 0.03, 0.05, 0.04])
+        self.dense = float(self(np.array(SIZES, dtype=float)))
+
+    def __call__(self, kept):
+        k = np.asarray(kept, dtype=float)
+        return self.rest + k @ self.weights
+
+
+def slow_device(model, overhead):
+    """A device on which every sub-network runs `overhead` (ms) slower than the model says, the
+    dense one too: the ratio is (model + overhead) / (dense + overhead)... plus a fixed bias."""
+    calls = []
+
+    def measure(kept):
+        calls.append(list(kept))
+        ratio = float(model(kept) + overhead) / (model.dense + overhead) + 0.12
+        return {"ratio": ratio, "noise": 0.01}
+    return measure, calls
+
+
+def test_shrink_keeps_the_shape_and_snaps_down_to_allowed_counts():
+    kept = [12, 20, 40, 64]
+    half = shrink(kept, 0.5, CANDS)
+    assert half == [6, 10, 20, 32]
+    assert shrink(kept, 1.0, CANDS) == kept
+    assert shrink(kept, 0.0, CANDS) == [int(c[0]) for c in CANDS]  # the floor
+    rounded = [KeepRule(max_ratio=0.8, round_to=8).candidates(n) for n in SIZES]
+    assert shrink(kept, 0.7, rounded) == [8, 8, 24, 40]  # 8.4, 14, 28, 44.8 snapped down to multiples of 8
+    assert all(a <= b for a, b in zip(shrink(kept, 0.3, rounded), kept))
+
+
+def test_corrected_target_uses_the_factor_then_the_line_through_two_points():
+    assert corrected_target(0.5, [(0.5, 0.625)]) == pytest.approx(0.4)
+    # measured = 0.5 + 0.5 x predicted through both points: predicted 0 measures 0.5 at budget 0.5
+    assert corrected_target(0.55, [(0.5, 0.75), (0.3, 0.65)]) == pytest.approx(0.1)
+    # a falling line (noise) falls back to the latest factor
+    assert corrected_target(0.5, [(0.5, 0.6), (0.4, 0.8)]) == pytest.approx(0.25)
+
+
+def test_kept_for_target_is_the_largest_scale_under_the_target():
+    model = Additive()
+    kept = [16, 32, 64, 64]
+    new, scale = kept_for_target(model, kept, CANDS, 0.6, below_scale=1.0)
+    assert model(new) / model.dense <= 0.6 and scale < 1.0
+    bigger = shrink(kept, scale + 1 / 400, CANDS)
+    assert model(bigger) / model.dense > 0.6 or bigger == new
+    floor, s0 = kept_for_target(model, kept, CANDS, 0.01, below_scale=1.0)  # out of reach: the floor
+    assert s0 == 0.0 and floor == [int(c[0]) for c in CANDS]
+
+
+def test_a_slow_device_is_shrunk_until_the_measurement_meets_the_budget():
+    model = Additive()
+    budget = 0.6
+    kept, _ = kept_for_target(model, SIZES, CANDS, budget, below_scale=1.01)  # the model says: exactly fits
+    measure, calls = slow_device(model, overhead=0.5)
+    result = verify_latency(model, kept, CANDS, budget, rounds=4, measure=measure)
+    assert result["status"] == "met"
+    rounds = result["rounds"]
+    assert rounds[0]["measured"] > budget  # it did miss at first
+    assert rounds[-1]["measured"] <= budget and len(rounds) >= 2
+    new = result["kept"]
+    assert all(a <= b for a, b in zip(new, kept))  # counts (hence FLOPs) only go down
+    assert model(new) < model(kept)
+    # the shape is kept: every group shrunk by about the same factor
+    ratios = np.array(new) / np.array(kept)
+    assert ratios.max() - ratios.min() < 0.2
+    assert calls[0] == list(kept) and calls[-1] == new
+    # each round's prediction and target are recorded
+    assert rounds[0]["target"] is None and all(r["target"] < budget for r in rounds[1:])
+
+
+def test_a_met_budget_is_measured_once_and_left_alone():
+    model = Additive()
+    kept = shrink(SIZES, 0.5, CANDS)
+    result = verify_latency(model, kept, CANDS, 0.99, rounds=3,
+                            measure=lambda k: {"ratio": 0.7, "noise": 0.01})
+    assert result["status"] == "met" and result["kept"] == kept and len(result["rounds"]) == 1
+
+
+def test_a_floor_that_misses_says_so():
+    model = Additive()
+    kept = shrink(SIZES, 0.6, CANDS)
+    result = verify_latency(model, kept, CANDS, 0.3, rounds=5, measure=lambda k: {"ratio": 0.8, "noise": 0.02})
+    assert result["status"] == "floor" and result["kept"] == [int(c[0]) for c in CANDS]
+    sentence = floor_sentence(0.3, result["rounds"], "cpu")
+    assert "cannot be met on cpu" in sentence and "0.800 of the dense latency" in sentence
+    assert "budget of 0.3" in sentence
+
+
+def test_out_of_rounds_says_so_and_more_rounds_converge():
+    model = Additive()
+    kept = shrink(SIZES, 0.9, CANDS)
+
+    def concave(k):  # the device saves less than the model, more so on small networks
+        return {"ratio": float(np.sqrt(model(k) / model.dense)), "noise": 0.01}
+
+    short = verify_latency(model, kept, CANDS, 0.7, rounds=1, measure=concave)
+    assert short["status"] == "rounds" and len(short["rounds"]) == 2
+    assert short["rounds"][-1]["measured"] > 0.7
+    assert "still missed after 1 correction round(s)" in rounds_sentence(0.7, short["rounds"], "cpu")
+    longer = verify_latency(model, kept, CANDS, 0.7, rounds=4, measure=concave)
+    assert longer["status"] == "met" and longer["rounds"][-1]["measured"] <= 0.7

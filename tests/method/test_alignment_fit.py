@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import torch
 
+from jointprune.agent.reward import RewardScorer
 from jointprune.callbacks.agent_episodes import AgentEpisodes
 from jointprune.data import DigitsDataModule
 from jointprune.options import AlignmentOptions, RewardOptions
@@ -27,15 +28,23 @@ def test_cut_report_and_removed_mass_every_epoch(tmp_path):
     assert trainer.callback_metrics["prune/removed_mass"].item() == 0.0  # after the cut nothing is left
 
 
-class _FixedScorer:
-    """Scores by kept count: a stand-in for top-1 on the confirmation images."""
+class _FixedScorer(RewardScorer):
+    """Scores by kept count: a stand-in for top-1 on 100 confirmation images, where the better
+    network is right on every image the worse one is (`nested`), or on other images."""
 
-    def __init__(self, by_kept):
-        self.by_kept, self.calls = by_kept, 0
+    def __init__(self, by_kept, nested=True, n=100):
+        self.by_kept, self.calls, self.nested, self.n, self.all_reduce = by_kept, 0, nested, n, None
 
-    def __call__(self, model, masks, recal=None, batch_stats=False):
+    def score(self, model, masks, recal=None, batch_stats=False):
         self.calls += 1
-        return self.by_kept[int(sum(int(m.sum()) for m in masks))]
+        top1 = self.by_kept[int(sum(int(m.sum()) for m in masks))]
+        right = round(top1 * self.n)
+        hits = torch.zeros(self.n, dtype=torch.bool)
+        if self.nested or self.calls % 2:
+            hits[:right] = True
+        else:
+            hits[self.n - right:] = True
+        return top1, hits
 
 
 def _pm(kept):
@@ -58,6 +67,7 @@ def test_contender_lucky_on_screening_is_rejected_on_confirmation():
 
 def test_contender_must_win_by_the_margin():
     cb = AgentEpisodes()
+    cb.paired = False  # the unpaired rule: the standard error of one top-1
     cb.margin_se, cb.confirm_n = 1.0, 100  # se of a top-1 of 0.80 on 100 images: 0.04
     pm = _pm(2)
     contender = (0.99, [3], [torch.arange(4) < 3])
@@ -68,6 +78,23 @@ def test_contender_must_win_by_the_margin():
     cb._accept(pm, [contender], None, False)
     assert pm.incumbent_kept == [3]
     assert cb._margin(0.8, 0) == 0.0 and cb._margin(-float("inf"), 100) == 0.0
+
+
+def test_paired_margin_tells_apart_networks_that_differ_on_few_images():
+    cb = AgentEpisodes()
+    cb.margin_se, cb.confirm_n = 1.0, 100
+    contender = (0.99, [3], [torch.arange(4) < 3])
+    pm = _pm(2)
+    # right on the incumbent's 80 images and 3 more: 3 to 0, two paired standard errors less
+    # the continuity correction (the unpaired rule above rejects the same 0.83)
+    cb.confirmer = _FixedScorer({2: 0.80, 3: 0.83})
+    cb._accept(pm, [contender], None, False)
+    assert pm.incumbent_kept == [3]
+    pm = _pm(2)
+    # the same top-1s, but the two disagree on 37 images (17 to 20): no evidence either way
+    cb.confirmer = _FixedScorer({2: 0.80, 3: 0.83}, nested=False)
+    cb._accept(pm, [contender], None, False)
+    assert pm.incumbent_kept == [2]
 
 
 def test_search_starts_from_the_uniform_allocation(tmp_path):

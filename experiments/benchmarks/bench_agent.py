@@ -71,11 +71,11 @@ def fit_profile(env: PruningEnvironment, profile: np.ndarray) -> list[int]:
         return [rule.keep(n, float(min(c * p, rule.max_ratio))) for n, p in zip(sizes, profile)]
 
     lo, hi = 0.0, 1e3 / max(float(profile.min()), 1e-3)  # hi: every group at max_ratio
-    if not clipper._fits(env.flops(np.asarray(kept(hi), dtype=np.float64))):
+    if not clipper.costs[0].fits(env.flops(np.asarray(kept(hi), dtype=np.float64))):
         raise ValueError("profile cannot meet the budget")
     for _ in range(60):
         mid = (lo + hi) / 2
-        if clipper._fits(env.flops(np.asarray(kept(mid), dtype=np.float64))):
+        if clipper.costs[0].fits(env.flops(np.asarray(kept(mid), dtype=np.float64))):
             hi = mid
         else:
             lo = mid

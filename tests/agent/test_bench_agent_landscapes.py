@@ -1,0 +1,29 @@
+"""experiments/benchmarks/bench_agent.py builds its landscapes on the real environment: a smoke
+check that it still runs against the library (its known optimum is 1 and meets the budget)."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "experiments" / "benchmarks" / "bench_agent.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_agent", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["keep_early", "hidden"])
+def test_landscape_optimum_is_one_and_within_budget(bench, name):
+    env = bench.build_environment("cifar_resnet20", 0.5, centred=True)
+    land = bench.Landscape(name, env)
+    assert land(land.target) == pytest.approx(1.0)
+    assert land.target_flops <= 0.5 + 1e-9
+    uniform = land(env.uniform_under_budget())
+    assert 0.0 < uniform < 1.0  # uniform is not the optimum of these landscapes
+    best = bench.random_search(env, land, evaluations=5, seed=0, spread=0.5)
+    assert 0.0 < best <= 1.0 + 1e-9 and np.isfinite(best)

@@ -115,6 +115,7 @@ class JointPruneModule(L.LightningModule):
         self.latency_budget, self.latency_opts = latency_budget, latency
         self.latency_model = None  # measured at setup, on the trainer's device (attach_latency_budget)
         self.latency_verify = None  # the measured check after the agent (callbacks/latency_verify.py)
+        self.export_capture = None  # the start check's torch.export capture, reused by the export (pruning/capture.py)
         self.engine_ready = False
         # Run state that checkpoints carry (see on_save_checkpoint).
         self.incumbent_kept: Optional[list[int]] = None

@@ -72,6 +72,7 @@ class PruningEnvironment:
                  centred: bool = False):
         self.structure, self.flops, self.clipper = structure, flops, clipper
         self.centred = centred
+        self._ratio_grids: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # grid size -> (ratios, counts)
         groups = structure.groups
         self.n = len(groups)
         ins = np.array([g.in_channels for g in groups], dtype=np.float64)
@@ -173,12 +174,8 @@ class PruningEnvironment:
         """(ratio, counts) of the smallest common removal ratio of the groups after `prefix` (kept
         counts of the first groups, fixed) that fits every budget, or (max_ratio, None)."""
         clipper = self.clipper
-        ratios = np.linspace(0.0, clipper.rule.max_ratio, grid + 1)
-        # KeepRule.keep for every ratio at once: round the raw count up to the next allowed one.
-        counts = np.empty((len(ratios), self.n))
-        for g, (size, cands) in enumerate(zip(clipper.sizes, clipper.candidates)):
-            raw = size - np.floor(ratios * size + 1e-9)
-            counts[:, g] = cands[np.minimum(np.searchsorted(cands, raw), len(cands) - 1)]
+        ratios, common = self._ratio_grid(grid)
+        counts = common.copy()
         counts[:, :len(prefix)] = np.asarray(prefix, dtype=np.float64)
         fits = np.ones(len(ratios), dtype=bool)
         for cost in clipper.costs:
@@ -187,6 +184,20 @@ class PruningEnvironment:
             return float(clipper.rule.max_ratio), None
         first = int(np.flatnonzero(fits)[0])
         return float(ratios[first]), counts[first]
+
+    def _ratio_grid(self, grid: int) -> tuple[np.ndarray, np.ndarray]:
+        """`grid` + 1 common removal ratios and every group's kept count at each (KeepRule.keep for
+        every ratio at once: the raw count rounded up to the next allowed one). Built once per grid
+        size: centred rollouts ask for it at every step."""
+        if grid not in self._ratio_grids:
+            clipper = self.clipper
+            ratios = np.linspace(0.0, clipper.rule.max_ratio, grid + 1)
+            counts = np.empty((len(ratios), self.n))
+            for g, (size, cands) in enumerate(zip(clipper.sizes, clipper.candidates)):
+                raw = size - np.floor(ratios * size + 1e-9)
+                counts[:, g] = cands[np.minimum(np.searchsorted(cands, raw), len(cands) - 1)]
+            self._ratio_grids[grid] = ratios, counts
+        return self._ratio_grids[grid]
 
 
 def _after(own: np.ndarray) -> np.ndarray:

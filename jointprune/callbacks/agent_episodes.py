@@ -109,7 +109,7 @@ class AgentEpisodes(L.Callback):
         start = time.perf_counter()
         if pm.agent_opts.policy != "sac":
             self._baseline(pm, start)
-            self._verify_latency(trainer, pm, *pm.reward_calibration())
+            self._verify_latency(trainer, pm)
             return
         t = pm.agent_epoch(epoch)
         pm.env_repr.begin_epoch(t)
@@ -146,7 +146,7 @@ class AgentEpisodes(L.Callback):
             "agent_seconds": time.perf_counter() - start, "random_actions": float(random),
             "contenders_confirmed": float(confirmed),
         }
-        self._verify_latency(trainer, pm, recal, batch_stats)
+        self._verify_latency(trainer, pm)
 
     def _beats(self, scorer: RewardScorer, reward: float, hits, base: float, base_hits, n: int) -> bool:
         """Whether a sub-network scoring `reward` (per-image `hits`) beats the incumbent's `base`
@@ -196,7 +196,7 @@ class AgentEpisodes(L.Callback):
                           "incumbent_reward": pm.incumbent_reward, "flops_ratio": pm.flops_ratio(),
                           "agent_seconds": time.perf_counter() - start, "random_actions": 0.0}
 
-    def _verify_latency(self, trainer, pm, recal, batch_stats) -> None:
+    def _verify_latency(self, trainer, pm) -> None:
         """After the agent's last epoch: the incumbent measured on the latency device and shrunk
         until it meets the latency budget (callbacks/latency_verify.py); the summary shows it."""
         if not latency_verify.due(trainer, pm):
@@ -207,7 +207,7 @@ class AgentEpisodes(L.Callback):
         stats = pm.epoch_stats
         if pm.incumbent_kept != kept:  # a smaller incumbent: its reward and FLOPs are new
             with torch.no_grad():
-                pm.incumbent_reward = self.scorer(pm.cnn, pm.incumbent_masks, recal, batch_stats)
+                pm.incumbent_reward = self.scorer(pm.cnn, pm.incumbent_masks, *pm.reward_calibration())
             stats["incumbent_reward"], stats["flops_ratio"] = pm.incumbent_reward, pm.flops_ratio()
         last = result["rounds"][-1]
         stats["latency_measured"], stats["latency_predicted"] = last["measured"], last["predicted"]

@@ -92,7 +92,7 @@ class SubnetExtraction(L.Callback):
         example = torch.zeros(1, *pm.input_shape, device=pm.device)
         save_pruned(pm.cnn, dirpath, report, example, onnx=pm.export_opts.onnx,
                     extra_files={"widths.png": width_plot_png(report), CLAIM: pm.run_stamp.encode()},
-                    capture=getattr(pm, "export_capture", None))
+                    capture=pm.export_capture)
         log_width_plot(trainer, dirpath / "widths.png")
         onnx_error = (report.get("onnx") or {}).get("error") if pm.export_opts.onnx else None
         if onnx_error:

@@ -6,7 +6,7 @@ graph inputs (`conv2d(x, weight)`, `batch_norm(x, ..., running_mean, ...)`), so 
 runs the pruned network when it is handed the pruned weights under the same names. What could
 differ is a size the forward computed from a channel count and baked into the graph (e.g.
 `x.view(b, c // 2, 2, h, w)` with `c = x.size(1)`). So the retargeted program is decomposed to
-Core ATen on the pruned weights (sizes recomputed from them), and then run against the eager
+Core ATen on the pruned weights (sizes recomputed from them; see core_aten.py), and then run against the eager
 pruned network on a fresh input with another batch size; any error or mismatch falls back to a
 fresh capture of the pruned network (`fresh_program`), which is what was done before.
 """
@@ -18,6 +18,8 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
+
+from .core_aten import core_aten
 
 
 @dataclass
@@ -71,7 +73,7 @@ def retargeted_program(capture: Optional[DenseCapture], module: nn.Module, examp
             # the check ran before Lightning moved the network (e.g. to the GPU): retarget a copy
             # on the capture's device, where the graph's example input lives
             module = copy.deepcopy(module).to(device).eval()
-        program = capture.with_weights_of(module).run_decompositions()
+        program = core_aten(capture.with_weights_of(module))
         # a fresh input with another batch size, from its own generator (the run's RNG untouched)
         generator = torch.Generator().manual_seed(0)
         probe = torch.randn(example.shape[0] + 1, *example.shape[1:], generator=generator,

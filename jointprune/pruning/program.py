@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 from torch.export.graph_signature import InputKind, OutputKind
 
+from .core_aten import core_aten
+
 PROGRAM_FORMAT = "jointprune-core-aten-graph"
 PROGRAM_VERSION = 1
 CONSTANT_PREFIX = "_program_constants."  # graph-only tensors (not in the state dict) in the weights file
@@ -44,7 +46,7 @@ def program_from_module(module: nn.Module, example: torch.Tensor, dynamic_batch:
     """torch.export the module in eval mode, decomposed to Core ATen. Returns the ExportedProgram."""
     shapes = ({0: torch.export.Dim("batch", min=1, max=1 << 16)},) if dynamic_batch else None
     program = torch.export.export(module, (example,), dynamic_shapes=shapes)
-    return program.run_decompositions()
+    return core_aten(program, module, example)
 
 
 def serialize_program(program) -> tuple[dict, dict[str, torch.Tensor]]:

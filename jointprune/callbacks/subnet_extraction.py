@@ -55,13 +55,18 @@ class SubnetExtraction(L.Callback):
             self._extract(trainer, pm, epoch)
 
     def _extract(self, trainer, pm, epoch: int) -> None:
-        if trainer.is_global_zero:  # only rank 0 writes the report; kept in checkpoints (module.py)
-            pm.dense_test_acc = evaluate(pm.cnn, trainer.datamodule.test_dataloader(), pm.device, masks=None)
         # what the cut costs: the removed channels' remaining share, and val top-1 of the
-        # unmasked network just before the cut and of the small network just after it
-        val = trainer.datamodule.val_dataloader()
+        # unmasked network just before the cut and of the small network just after it; the test
+        # top-1 of both goes to the report (rank 0). Where validation runs on the test split
+        # (no val split carved), the same pass gives both.
+        dm = trainer.datamodule
+        same = bool(getattr(dm, "val_is_test", False))
+        test_top1 = lambda: evaluate(pm.cnn, dm.test_dataloader(), pm.device, masks=None)  # noqa: E731
+        val = dm.val_dataloader()
         pm.cut_stats = {"removed_mass_at_cut": float(removed_mass(pm.cnn, pm.structure, pm.incumbent_masks)),
                         "top1_before_cut": evaluate(pm.cnn, val, pm.device, masks=None)}
+        if trainer.is_global_zero:  # only rank 0 writes the report; kept in checkpoints (module.py)
+            pm.dense_test_acc = pm.cut_stats["top1_before_cut"] if same else test_top1()
         extract_in_place(pm, pm.optimizers()[0].optimizer)
         pm.cut_stats["top1_after_cut"] = evaluate(pm.cnn, val, pm.device, masks=None)
         rank_zero_info("[jointprune] at the cut: removed mass {removed_mass_at_cut:.4f}, val top-1 "
@@ -69,7 +74,7 @@ class SubnetExtraction(L.Callback):
         _rewrap_ddp(trainer, pm)
         pm.extracted_at = epoch
         if trainer.is_global_zero:  # the network just cut, before it trains on (checkpointed like the dense one)
-            pm.pruned_test_acc = evaluate(pm.cnn, trainer.datamodule.test_dataloader(), pm.device)
+            pm.pruned_test_acc = pm.cut_stats["top1_after_cut"] if same else test_top1()
         rank_zero_info(f"[jointprune] epoch {epoch}: network physically pruned; training continues on "
                        f"{sum(p.numel() for p in pm.cnn.parameters()):,} parameters")
 

@@ -136,6 +136,12 @@ class BaseDataModule(L.LightningDataModule):
         self._require_setup()
         return self._dataloader("val" if len(self.splits["val"]) else "test")
 
+    @property
+    def val_is_test(self) -> bool:
+        """Whether validation runs on the test split (no val split carved)."""
+        self._require_setup()
+        return not len(self.splits["val"])
+
     def test_dataloader(self) -> DataLoader:
         self._require_setup()
         return self._dataloader("test")

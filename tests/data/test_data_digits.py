@@ -112,3 +112,11 @@ def test_reward_split_blocks_are_disjoint():
     _, labels = dm.reward_tensors()
     _, y, _ = dm.reward_split(0, 2, start=10, limit=6)  # positions 10, 12, 14
     assert torch.equal(y, labels[10:16][0::2])
+
+
+def test_val_is_test_only_without_a_val_split():
+    plain, carved = DigitsDataModule(resize=None, val_size=0), DigitsDataModule(resize=None, val_size=100)
+    plain.setup("fit")
+    carved.setup("fit")
+    assert plain.val_is_test and not carved.val_is_test
+    assert len(carved.val_dataloader().dataset) == 100

@@ -16,13 +16,18 @@ from test_fit import small_run  # noqa: E402
 
 
 def test_cut_report_and_removed_mass_every_epoch(tmp_path):
-    model, trainer, dm = small_run(tmp_path, max_epochs=5,
-                                   reward=RewardOptions(max_samples=32, confirm_samples=32),
-                                   alignment=AlignmentOptions(weight=1e-3))
+    model, trainer, _ = small_run(tmp_path, max_epochs=5,
+                                  reward=RewardOptions(max_samples=32, confirm_samples=32),
+                                  alignment=AlignmentOptions(weight=1e-3))
+    dm = DigitsDataModule(resize=16, batch_size=128, reward_size=64, val_size=0)  # validation on the test split
     trainer.fit(model, dm)
     report = json.loads((tmp_path / "export" / "pruned.json").read_text())
     assert 0.0 <= report["removed_mass_at_cut"] < 1.0
     assert 0.0 <= report["top1_before_cut"] <= 1.0 and 0.0 <= report["top1_after_cut"] <= 1.0
+    # no val split is carved here, so one pass over the test split gives both figures
+    assert dm.val_is_test
+    assert report["dense_test_acc_at_extraction"] == report["top1_before_cut"]
+    assert report["pruned_test_acc_at_extraction"] == report["top1_after_cut"]
     assert all(0.0 <= h["removed_mass"] <= 1.0 for h in report["history"])
     assert all(h["contenders_confirmed"] in (0.0, 1.0) for h in report["history"])
     assert trainer.callback_metrics["prune/removed_mass"].item() == 0.0  # after the cut nothing is left

@@ -176,7 +176,8 @@ class JointPruneModule(L.LightningModule):
         clips alike) and make the clipper hold latency to its budget beside FLOPs."""
         if self.latency_budget is None:
             return
-        self.latency_model = build_latency_model(self.trainer, self.structure, self.keep_rule, self.latency_opts)
+        self.latency_model = build_latency_model(self.trainer, self.structure, self.keep_rule, self.latency_opts,
+                                                     probe=self.flops.timed_probe)
         self.clipper = BudgetClipper(self.flops, self.flops_budget, self.keep_rule,
                                      extra_costs=((self.latency_model, self.latency_budget),))
         self.environment = PruningEnvironment(self.structure, self.flops, self.clipper,

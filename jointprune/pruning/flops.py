@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 from torch_pruning.utils import op_counter
 
+from .latency import probe_from_steps, timed_call
 from .masks import MaskPlan
 from .structure import ChannelStructure, StructureError, forward_with_hooks
 
@@ -53,6 +54,7 @@ def _record_calls(model: nn.Module, x: torch.Tensor) -> list[dict]:
         else:
             raise StructureError(f"jointprune's FLOPs model does not support {kind.__name__} layers; "
                                  "use convolutions, linear layers, norms, activations and pooling.")
+        rec["timed"] = timed_call(module, inputs, output)  # what the latency model reads (timed_probe)
         calls.append(rec)
 
     forward_with_hooks(model, x, hook, [m for m in model.modules() if op_counter.is_supported_instance(m)])
@@ -97,7 +99,7 @@ class FlopsModel:
         try:
             while True:
                 try:
-                    self.poly = self._fit(model, structure, x)
+                    self.poly, self.timed_probe = self._fit(model, structure, x)
                     break
                 except _BrokenGroup as broken:  # leave it dense and measure the others again
                     structure.leave_dense(broken.index, broken.reason)
@@ -114,6 +116,8 @@ class FlopsModel:
         probe = copy.deepcopy(model)
         probe_structure = ChannelStructure(probe, x, prune_coupled=structure.prune_coupled, quiet=True)
         base = _record_calls(probe, x)
+        module_names = {m: name for name, m in probe.named_modules()}
+        timed_steps = []  # the latency model's records of the same surgery (see `timed_probe`)
         names = [g.name for g in structure.groups]
         if not set(names) <= {g.name for g in probe_structure.groups}:
             raise StructureError("the network's channel groups changed between two traces; "
@@ -135,7 +139,9 @@ class FlopsModel:
             probe_structure.graph.get_pruning_group(root, fn, step).prune()
             removed[g][step] = False
             _check_step(probe, model, plan, removed, x, g, name)
-            now = [_quantities(c) for c in _record_calls(probe, x)]
+            calls = _record_calls(probe, x)
+            timed_steps.append([c["timed"] for c in calls if c["timed"] is not None])
+            now = [_quantities(c) for c in calls]
             if len(now) != len(prev):
                 raise StructureError("the network's forward pass changed its layer calls after pruning; "
                                      "jointprune needs a static forward pass.")
@@ -167,7 +173,10 @@ class FlopsModel:
                 poly.add_linear(affine(i, "nin"), call["factor"])
             else:
                 poly.add_linear(affine(i, "nout"), 1.0)
-        return poly
+        timed_base = [c for c in base if c["timed"] is not None]
+        timed = probe_from_steps(structure, [c["timed"] for c in timed_base], timed_steps,
+                                 [g.multiple for g in structure.groups], [module_names[c["module"]] for c in timed_base])
+        return poly, timed
 
     def __call__(self, kept) -> float | np.ndarray:
         """FLOPs for one kept-channel vector (shape [G]) or a batch (shape [N, G])."""

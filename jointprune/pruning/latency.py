@@ -66,20 +66,28 @@ def _timed_module(m: nn.Module) -> bool:
         and not any(True for _ in m.children())
 
 
+def timed_call(module: nn.Module, inputs, output) -> Optional[dict]:
+    """For a layer the model times (else None): the module and the shapes its time depends on.
+    Also recorded by the FLOPs model's probe (flops.py), whose surgery this model reuses."""
+    if not _timed_module(module):
+        return None
+    shape = tuple(int(s) for s in inputs[0].shape)
+    linear = isinstance(module, nn.Linear)
+    rec = {"module": module, "shape": shape[1:],  # without the batch
+           "cin": shape[-1] if linear else shape[1] if len(shape) > 1 else 1}
+    if isinstance(module, (CONV, nn.Linear)):
+        rec["cout"] = int(output.shape[-1] if linear else output.shape[1])
+    if isinstance(module, CONV):
+        rec["groups"] = int(module.groups)
+    return rec
+
+
 def _record(model: nn.Module, x: torch.Tensor) -> list[dict]:
     """Per timed call, in call order: the module and the shapes its time depends on."""
     calls: list[dict] = []
 
     def hook(module, inputs, output):
-        shape = tuple(int(s) for s in inputs[0].shape)
-        linear = isinstance(module, nn.Linear)
-        rec = {"module": module, "shape": shape[1:],  # without the batch
-               "cin": shape[-1] if linear else shape[1] if len(shape) > 1 else 1}
-        if isinstance(module, (CONV, nn.Linear)):
-            rec["cout"] = int(output.shape[-1] if linear else output.shape[1])
-        if isinstance(module, CONV):
-            rec["groups"] = int(module.groups)
-        calls.append(rec)
+        calls.append(timed_call(module, inputs, output))
 
     forward_with_hooks(model, x, hook, [m for m in model.modules() if _timed_module(m)])
     return calls
@@ -89,9 +97,17 @@ def _quantities(call: dict) -> dict[str, int]:
     return {k: call[k] for k in ("cin", "cout", "groups") if k in call}
 
 
+QUANTITIES = ("cin", "cout", "groups")
+
+
+def _quantity_rows(calls: list[dict]) -> np.ndarray:
+    return np.array([[_quantities(c).get(k, 0) for k in QUANTITIES] for c in calls], dtype=np.float64)
+
+
 def _probe(structure: ChannelStructure) -> tuple[list[dict], list[str], np.ndarray]:
     """The dense calls, their module names, and d[i, q, g]: how much quantity q of call i drops
-    when group g loses one channel (0 or 1 for ordinary CNNs)."""
+    when group g loses one channel (0 or 1 for ordinary CNNs). Used when the FLOPs model's probe
+    (`FlopsModel.timed_probe`, the same surgery) is not at hand."""
     x = structure.example_input[:1].cpu()
     probe = copy.deepcopy(structure.model).cpu().eval()
     probe_structure = ChannelStructure(probe, x, prune_coupled=structure.prune_coupled)
@@ -99,11 +115,9 @@ def _probe(structure: ChannelStructure) -> tuple[list[dict], list[str], np.ndarr
     if [g.name for g in probe_structure.groups] != names:
         raise StructureError("the network's channel groups changed between two traces; "
                              "jointprune needs a deterministic forward pass.")
-    module_names = {m: n for n, m in probe.named_modules()}
     base = _record(probe, x)
-    keys = ("cin", "cout", "groups")
-    prev = np.array([[_quantities(c).get(k, 0) for k in keys] for c in base], dtype=np.float64)
-    d = np.zeros((len(base), len(keys), len(names)))
+    prev = _quantity_rows(base)
+    d = np.zeros((len(base), len(QUANTITIES), len(names)))
     modules = dict(probe.named_modules())
     for g, name in enumerate(names):
         root = modules[name]
@@ -114,7 +128,7 @@ def _probe(structure: ChannelStructure) -> tuple[list[dict], list[str], np.ndarr
         if len(now_calls) != len(base):
             raise StructureError("the network's forward pass changed its layer calls after pruning; "
                                  "jointprune needs a static forward pass.")
-        now = np.array([[_quantities(c).get(k, 0) for k in keys] for c in now_calls], dtype=np.float64)
+        now = _quantity_rows(now_calls)
         d[:, :, g] = prev - now
         prev = now
     # The dense calls again, on an unpruned copy (the probe is pruned now).
@@ -122,6 +136,25 @@ def _probe(structure: ChannelStructure) -> tuple[list[dict], list[str], np.ndarr
     dense_calls = _record(dense_copy, x)
     dense_names = {m: n for n, m in dense_copy.named_modules()}
     return dense_calls, [dense_names[c["module"]] for c in dense_calls], d
+
+
+def probe_from_steps(structure: ChannelStructure, base: list[dict], steps: list[list[dict]],
+                     per_step: list[int], names: list[str]):
+    """`_probe`'s result from another probe's records: `base` the dense timed calls, `steps[g]`
+    the calls after group g's step of `per_step[g]` channels (cumulative, as the surgery goes),
+    `names` the calls' module names. The calls point at the (dense) live model's modules."""
+    if any(len(s) != len(base) for s in steps):
+        raise StructureError("the network's forward pass changed its layer calls after pruning; "
+                             "jointprune needs a static forward pass.")
+    live = dict(structure.model.named_modules())
+    prev = _quantity_rows(base)
+    d = np.zeros((len(base), len(QUANTITIES), len(steps)))
+    for g, step in enumerate(steps):
+        now = _quantity_rows(step)
+        d[:, :, g] = (prev - now) / per_step[g]
+        prev = now
+    calls = [dict(c, module=live[n]) for c, n in zip(base, names)]
+    return calls, list(names), d
 
 
 def _layer_at(call: dict, q: dict[str, int]) -> nn.Module:
@@ -204,12 +237,14 @@ class LatencyModel:
 
     @classmethod
     def measure(cls, structure: ChannelStructure, candidates: list[np.ndarray], device: torch.device,
-                batch_size: int, threads: int, options: LatencyOptions = LatencyOptions()) -> "LatencyModel":
+                batch_size: int, threads: int, options: LatencyOptions = LatencyOptions(),
+                probe=None) -> "LatencyModel":
         """Measure the tables (or read them from the cache) for `structure` with the counts each
-        group allows (`candidates`, ascending, the dense count last)."""
+        group allows (`candidates`, ascending, the dense count last). `probe`: the FLOPs model's
+        `timed_probe` of the same structure, which saves doing the surgery a second time."""
         check_batch_size(batch_size)
         started = time.perf_counter()
-        calls, call_names, d = _probe(structure)
+        calls, call_names, d = probe if probe is not None else _probe(structure)
         probed = time.perf_counter()
         n_groups = len(structure.groups)
         grids = [_grid(np.asarray(c), options.grid_points) for c in candidates]
@@ -227,7 +262,7 @@ class LatencyModel:
             points = []
             for idx in itertools.product(*(range(len(grids[g])) for g in groups)):
                 drop = {g: sizes[g] - grids[g][j] for g, j in zip(groups, idx)}
-                q = {k: int(round(v - sum(d[i, ("cin", "cout", "groups").index(k), g] * drop[g] for g in groups)))
+                q = {k: int(round(v - sum(d[i, QUANTITIES.index(k), g] * drop[g] for g in groups)))
                      for k, v in base.items()}
                 points.append((idx, q))
             plans.append((i, groups, points))

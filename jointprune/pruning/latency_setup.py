@@ -30,9 +30,10 @@ def run_batch_size(trainer, opts) -> int:
     return check_batch_size(int(batch))
 
 
-def build_latency_model(trainer, structure: ChannelStructure, rule: KeepRule, opts) -> LatencyModel:
+def build_latency_model(trainer, structure: ChannelStructure, rule: KeepRule, opts, probe=None) -> LatencyModel:
     """Measure on rank 0 and send the numbers to the other ranks: ranks must clip alike, and ranks
-    timing the same device at once would disturb each other."""
+    timing the same device at once would disturb each other. `probe`: the FLOPs model's
+    `timed_probe` (its surgery, reused)."""
     check_options(opts)
     device = resolve_device(opts.device, trainer.strategy.root_device)
     batch = run_batch_size(trainer, opts)
@@ -40,7 +41,7 @@ def build_latency_model(trainer, structure: ChannelStructure, rule: KeepRule, op
     result: object = None
     if trainer.is_global_zero:
         try:
-            result = LatencyModel.measure(structure, candidates, device, batch, torch.get_num_threads(), opts)
+            result = LatencyModel.measure(structure, candidates, device, batch, torch.get_num_threads(), opts, probe)
         except JointPruneError as err:
             result = str(err)  # every rank raises it, nobody waits forever in the broadcast
     if trainer.world_size > 1:

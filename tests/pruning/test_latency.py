@@ -251,3 +251,30 @@ def test_calibration_rescales_the_savings_to_the_measured_sub_network(tmp_path, 
     np.testing.assert_allclose(cal.dense - cal(k), 0.5 * (plain.dense - plain(k)))
     again, _, _ = build(tmp_path, calibrate=True)
     assert calls == [[4, 6]] and again.savings_scale == cal.savings_scale  # read from the cache
+
+
+@pytest.mark.parametrize("make", [Chain, lambda: __import__("jointprune.models", fromlist=["x"]).CifarResNet(depth=8, width=4),
+                                  lambda: __import__("jointprune.models", fromlist=["x"]).MobileNetV2(width_mult=0.25)],
+                         ids=["chain", "resnet", "mobilenetv2"])
+def test_the_flops_models_probe_gives_the_same_tables_as_the_latency_models_own(make):
+    """The latency model reuses the FLOPs model's surgery (FlopsModel.timed_probe): the layer calls,
+    their table keys and d[call, quantity, group] equal what its own probe finds."""
+    from jointprune.pruning import FlopsModel
+    model = make().eval()
+    structure = ChannelStructure(model, torch.zeros(1, 3, 16, 16))
+    own_calls, own_names, own_d = latency_mod._probe(structure)
+    calls, names, d = FlopsModel(structure).timed_probe
+    assert names == own_names and len(calls) == len(own_calls) > 0
+    assert [latency_mod._key(c, latency_mod._quantities(c), 4) for c in calls] == \
+        [latency_mod._key(c, latency_mod._quantities(c), 4) for c in own_calls]
+    np.testing.assert_array_equal(d, own_d)
+    assert d.any()
+    live = dict(model.named_modules())
+    assert all(c["module"] is live[n] for c, n in zip(calls, names))  # the dense live layers
+
+
+def test_a_fit_builds_the_latency_tables_without_a_second_probe(tmp_path, monkeypatch):
+    def refuse(structure):
+        raise AssertionError("the latency model probed the network a second time")
+    monkeypatch.setattr(latency_mod, "_probe", refuse)
+    test_tiny_fit_under_a_latency_budget_exports_within_it(tmp_path)

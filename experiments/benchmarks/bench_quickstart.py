@@ -140,9 +140,9 @@ def run_pair(seed: int, overrides: list[str], work: Path) -> dict:
     timer = PhaseTimer()
     cli.trainer.callbacks.insert(0, timer)
     CutTimer.seconds = 0.0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     cli.trainer.fit(cli.model, cli.datamodule)
-    jp_seconds = time.perf_counter() - start
+    jp_seconds, jp_cpu = time.perf_counter() - start, time.process_time() - cpu
     cut_seconds = CutTimer.seconds
     end_of_fit = time.perf_counter() - timer.train_end
     report = json.loads((work / f"jp{seed}" / "pruned" / "pruned.json").read_text())
@@ -163,9 +163,9 @@ def run_pair(seed: int, overrides: list[str], work: Path) -> dict:
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     dense_timer = PhaseTimer()
     trainer.callbacks.insert(0, dense_timer)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     trainer.fit(dense, cli.datamodule)
-    dense_seconds = time.perf_counter() - start
+    dense_seconds, dense_cpu = time.perf_counter() - start, time.process_time() - cpu
     dense_cnn = dense.cnn
 
     # like-for-like: the config's Trainer settings (validation each epoch, last + top-1
@@ -176,10 +176,10 @@ def run_pair(seed: int, overrides: list[str], work: Path) -> dict:
                              enable_model_summary=False, callbacks=[ModelCheckpoint(save_last=True, save_top_k=1)])
     full_timer = PhaseTimer()
     full_trainer.callbacks.insert(0, full_timer)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     full_trainer.fit(full, cli.datamodule)
     full_test = full_trainer.test(full, cli.datamodule, verbose=False)[0]["test/acc"]
-    full_seconds = time.perf_counter() - start
+    full_seconds, full_cpu = time.perf_counter() - start, time.process_time() - cpu
     extract = cli.model.epochs["extract_at"]
     agent = sum(h["agent_seconds"] for h in history)
     phases = {  # seconds
@@ -205,6 +205,9 @@ def run_pair(seed: int, overrides: list[str], work: Path) -> dict:
         "reward_mean_last": history[-1]["reward_mean"],
         "agent_time_fraction": statistics.median(h["agent_time_fraction"] for h in history),
         "jp_seconds": jp_seconds, "dense_seconds": dense_seconds, "dense_full_seconds": full_seconds,
+        # CPU seconds of this process (both torch threads): time other machines' load steals from
+        # a run does not count here, so on a shared host this ratio moves less than wall time
+        "jp_cpu_seconds": jp_cpu, "dense_cpu_seconds": dense_cpu, "dense_full_cpu_seconds": full_cpu,
         "dense_full_test_acc": full_test,
         # within each agent epoch, the decoder's MSE over its first and last tenth of steps
         "decoder_fit_per_epoch": [(h["decoder_loss_first"], h["decoder_loss"]) for h in history],
@@ -251,6 +254,11 @@ def main() -> None:
     print(f"| median | {med('jp_test_acc'):.4f} | {med('dense_test_acc'):.4f} | {med('flops_ratio'):.3f} | | | "
           f"{med('agent_time_fraction'):.2f} | {med('jp_seconds'):.1f} | {med('dense_seconds'):.1f} / "
           f"{med('dense_full_seconds'):.1f} | {ratio('dense_seconds'):.2f}x | {ratio('dense_full_seconds'):.2f}x |")
+    cpu_ratio = lambda ref: statistics.median(r["jp_cpu_seconds"] / r[ref] for r in rows)  # noqa: E731
+    print("\nCPU-time ratio (process CPU seconds, median over seeds): vs bare "
+          f"{cpu_ratio('dense_cpu_seconds'):.2f}x, vs like-for-like {cpu_ratio('dense_full_cpu_seconds'):.2f}x; per seed: "
+          + ", ".join(f"{r['jp_cpu_seconds']:.1f} / {r['dense_cpu_seconds']:.1f} / {r['dense_full_cpu_seconds']:.1f} s"
+                      for r in rows))
     print("\n| where the time goes (median s) | " + " | ".join(f"seed {r['seed']}" for r in rows) + " | median |")
     print("|---|" + "---|" * (len(rows) + 1))
     for phase in rows[0]["phases"]:

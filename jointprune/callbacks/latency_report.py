@@ -6,6 +6,7 @@ import logging
 import torch
 
 from ..pruning.latency import measure_pair
+from ..pruning.latency_verify import within_budget
 
 log = logging.getLogger("jointprune")
 
@@ -13,7 +14,8 @@ log = logging.getLogger("jointprune")
 def latency_fields(pm, dense_arch) -> dict:
     """pruned.json's latency fields (none without a latency budget). The dense and the extracted
     network are timed interleaved on the latency model's device, batch size and threads; the
-    budget counts as missed only when the measured ratio exceeds it by more than the noise."""
+    budget counts as missed only when the measured ratio exceeds it by more than the noise (capped:
+    `within_budget`, the closed loop's rule too)."""
     lm = getattr(pm, "latency_model", None)
     if pm.latency_budget is None or lm is None or dense_arch is None:
         return {}
@@ -22,7 +24,7 @@ def latency_fields(pm, dense_arch) -> dict:
     pair = measure_pair(dense_arch, pm.cnn, pm.input_shape, torch.device(info["device"]), info["batch_size"],
                         info["threads"], max(opts.warmup, 1), max(3 * opts.network_repeats, 9))
     predicted = lm(pm.incumbent_kept) / lm.dense if pm.incumbent_kept is not None else 1.0
-    met = pair["ratio"] <= pm.latency_budget + pair["noise"]
+    met = within_budget(pair["ratio"], pair["noise"], pm.latency_budget)
     fields = {
         "latency_budget": pm.latency_budget,
         "dense_latency_ms": pair["dense_ms"],

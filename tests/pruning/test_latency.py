@@ -153,8 +153,12 @@ class DigitsChain(Chain):
         self.fc = nn.Linear(12, 10)
 
 
-def test_tiny_fit_under_a_latency_budget_exports_within_it(tmp_path):
+def test_tiny_fit_under_a_latency_budget_exports_within_it(tmp_path, monkeypatch):
     import lightning as L
+
+    def refuse(structure):  # the tables reuse the FLOPs model's surgery (FlopsModel.timed_probe)
+        raise AssertionError("the latency model probed the network a second time")
+    monkeypatch.setattr(latency_mod, "_probe", refuse)
 
     from jointprune.data import DigitsDataModule
     from jointprune.module import JointPruneModule
@@ -271,10 +275,3 @@ def test_the_flops_models_probe_gives_the_same_tables_as_the_latency_models_own(
     assert d.any()
     live = dict(model.named_modules())
     assert all(c["module"] is live[n] for c, n in zip(calls, names))  # the dense live layers
-
-
-def test_a_fit_builds_the_latency_tables_without_a_second_probe(tmp_path, monkeypatch):
-    def refuse(structure):
-        raise AssertionError("the latency model probed the network a second time")
-    monkeypatch.setattr(latency_mod, "_probe", refuse)
-    test_tiny_fit_under_a_latency_budget_exports_within_it(tmp_path)

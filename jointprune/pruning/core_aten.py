@@ -25,7 +25,8 @@ def _conv2d(graph: Graph, node: Node) -> Optional[Node]:
     x, w, b, stride, padding, dilation, groups = _arguments(node)
     if isinstance(padding, str):
         return None
-    return _call(graph, aten.convolution.default, (x, w, b, list(stride), list(padding), list(dilation), False, [0, 0], groups))
+    return _call(graph, aten.convolution.default,
+                 (x, w, b, list(stride), list(padding), list(dilation), False, [0, 0], groups))
 
 
 def _linear(graph: Graph, node: Node) -> Optional[Node]:

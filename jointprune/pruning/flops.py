@@ -175,7 +175,8 @@ class FlopsModel:
                 poly.add_linear(affine(i, "nout"), 1.0)
         timed_base = [c for c in base if c["timed"] is not None]
         timed = probe_from_steps(structure, [c["timed"] for c in timed_base], timed_steps,
-                                 [g.multiple for g in structure.groups], [module_names[c["module"]] for c in timed_base])
+                                 [g.multiple for g in structure.groups],
+                                 [module_names[c["module"]] for c in timed_base])
         return poly, timed
 
     def __call__(self, kept) -> float | np.ndarray:

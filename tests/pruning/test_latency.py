@@ -9,8 +9,9 @@ import torch
 import torch.nn as nn
 
 from jointprune.errors import JointPruneError
+from jointprune.models import CifarResNet, MobileNetV2
 from jointprune.options import LatencyOptions
-from jointprune.pruning import ChannelStructure, KeepRule
+from jointprune.pruning import ChannelStructure, FlopsModel, KeepRule
 from jointprune.pruning import latency as latency_mod
 from jointprune.pruning.latency import LatencyModel, check_latency_budget
 from jointprune.pruning.latency_table import LatencyCache, resolve_device
@@ -257,13 +258,11 @@ def test_calibration_rescales_the_savings_to_the_measured_sub_network(tmp_path, 
     assert calls == [[4, 6]] and again.savings_scale == cal.savings_scale  # read from the cache
 
 
-@pytest.mark.parametrize("make", [Chain, lambda: __import__("jointprune.models", fromlist=["x"]).CifarResNet(depth=8, width=4),
-                                  lambda: __import__("jointprune.models", fromlist=["x"]).MobileNetV2(width_mult=0.25)],
+@pytest.mark.parametrize("make", [Chain, lambda: CifarResNet(depth=8, width=4), lambda: MobileNetV2(width_mult=0.25)],
                          ids=["chain", "resnet", "mobilenetv2"])
 def test_the_flops_models_probe_gives_the_same_tables_as_the_latency_models_own(make):
     """The latency model reuses the FLOPs model's surgery (FlopsModel.timed_probe): the layer calls,
     their table keys and d[call, quantity, group] equal what its own probe finds."""
-    from jointprune.pruning import FlopsModel
     model = make().eval()
     structure = ChannelStructure(model, torch.zeros(1, 3, 16, 16))
     own_calls, own_names, own_d = latency_mod._probe(structure)

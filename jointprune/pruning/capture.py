@@ -5,10 +5,10 @@ Why this is sound: a non-strict capture records the forward's operators with the
 graph inputs (`conv2d(x, weight)`, `batch_norm(x, ..., running_mean, ...)`), so the same graph
 runs the pruned network when it is handed the pruned weights under the same names. What could
 differ is a size the forward computed from a channel count and baked into the graph (e.g.
-`x.view(b, c // 2, 2, h, w)` with `c = x.size(1)`). So the retargeted program is decomposed to
-Core ATen on the pruned weights (sizes recomputed from them; see core_aten.py), and then run against the eager
-pruned network on a fresh input with another batch size; any error or mismatch falls back to a
-fresh capture of the pruned network (`fresh_program`), which is what was done before.
+`x.view(b, c // 2, 2, h, w)` with `c = x.size(1)`). So the retargeted program is turned into
+Core ATen on the pruned weights (core_aten.py) and then run against the eager pruned network on a
+fresh input with another batch size; any error or mismatch falls back to a fresh capture of the
+pruned network (`fresh_program`), which is what was done before.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from .core_aten import core_aten
+from .core_aten import core_aten, reproduces
 
 
 @dataclass
@@ -78,12 +78,7 @@ def retargeted_program(capture: Optional[DenseCapture], module: nn.Module, examp
         generator = torch.Generator().manual_seed(0)
         probe = torch.randn(example.shape[0] + 1, *example.shape[1:], generator=generator,
                             dtype=example.dtype).to(device or example.device)
-        with torch.no_grad():
-            expected, got = module(probe), program.module()(probe)
-        if not (isinstance(got, torch.Tensor) and got.shape == expected.shape
-                and torch.allclose(got, expected, rtol=1e-4, atol=1e-5)):
-            return None
-        return program
+        return program if reproduces(program, module, probe) else None
     except Exception:  # noqa: BLE001 - any failure just means: capture the pruned network afresh
         return None
 

@@ -170,14 +170,18 @@ def _propagate_values(gm, program) -> None:
                                                **torch.fx.node.map_aggregate(dict(node.kwargs), value))
 
 
+def reproduces(program, module, x: torch.Tensor) -> bool:
+    """Whether `program` computes what the eager `module` computes on `x` (same shape, close values)."""
+    with torch.no_grad():
+        expected, got = module(x), program.module()(x)
+    return isinstance(got, torch.Tensor) and got.shape == expected.shape and \
+        torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
 def core_aten(program, module=None, example: Optional[torch.Tensor] = None):
     """`program` in Core ATen: the rewrite where it applies, else `run_decompositions()`. With
     `module` and `example`, a rewrite that does not reproduce the eager module is not used."""
     rewritten = rewritten_program(program)
-    if rewritten is not None and module is not None:
-        with torch.no_grad():
-            expected, got = module(example), rewritten.module()(example)
-        if not (isinstance(got, torch.Tensor) and got.shape == expected.shape
-                and torch.allclose(got, expected, rtol=1e-4, atol=1e-5)):
-            rewritten = None
+    if rewritten is not None and module is not None and not reproduces(rewritten, module, example):
+        rewritten = None
     return rewritten if rewritten is not None else program.run_decompositions()

@@ -93,11 +93,11 @@ def _record(model: nn.Module, x: torch.Tensor) -> list[dict]:
     return calls
 
 
-def _quantities(call: dict) -> dict[str, int]:
-    return {k: call[k] for k in ("cin", "cout", "groups") if k in call}
-
-
 QUANTITIES = ("cin", "cout", "groups")
+
+
+def _quantities(call: dict) -> dict[str, int]:
+    return {k: call[k] for k in QUANTITIES if k in call}
 
 
 def _quantity_rows(calls: list[dict]) -> np.ndarray:
@@ -115,37 +115,35 @@ def _probe(structure: ChannelStructure) -> tuple[list[dict], list[str], np.ndarr
     if [g.name for g in probe_structure.groups] != names:
         raise StructureError("the network's channel groups changed between two traces; "
                              "jointprune needs a deterministic forward pass.")
+    module_names = {m: n for n, m in probe.named_modules()}
     base = _record(probe, x)
-    prev = _quantity_rows(base)
-    d = np.zeros((len(base), len(QUANTITIES), len(names)))
+    call_names = [module_names[c["module"]] for c in base]  # before the surgery replaces modules
     modules = dict(probe.named_modules())
-    for g, name in enumerate(names):
+    steps = []
+    for name in names:
         root = modules[name]
         fn = probe_structure.graph.get_pruner_of_module(root).prune_out_channels
         last = probe_structure.graph.get_out_channels(root) - 1
         probe_structure.graph.get_pruning_group(root, fn, [last]).prune()
-        now_calls = _record(probe, x)
-        if len(now_calls) != len(base):
-            raise StructureError("the network's forward pass changed its layer calls after pruning; "
-                                 "jointprune needs a static forward pass.")
-        now = _quantity_rows(now_calls)
-        d[:, :, g] = prev - now
-        prev = now
-    # The dense calls again, on an unpruned copy (the probe is pruned now).
-    dense_copy = copy.deepcopy(structure.model).cpu().eval()
-    dense_calls = _record(dense_copy, x)
-    dense_names = {m: n for n, m in dense_copy.named_modules()}
-    return dense_calls, [dense_names[c["module"]] for c in dense_calls], d
+        steps.append(_check_static(_record(probe, x), base))
+    return probe_from_steps(structure, base, steps, [1] * len(names), call_names)
+
+
+def _check_static(calls: list[dict], base: list[dict]) -> list[dict]:
+    if len(calls) != len(base):
+        raise StructureError("the network's forward pass changed its layer calls after pruning; "
+                             "jointprune needs a static forward pass.")
+    return calls
 
 
 def probe_from_steps(structure: ChannelStructure, base: list[dict], steps: list[list[dict]],
                      per_step: list[int], names: list[str]):
-    """`_probe`'s result from another probe's records: `base` the dense timed calls, `steps[g]`
-    the calls after group g's step of `per_step[g]` channels (cumulative, as the surgery goes),
-    `names` the calls' module names. The calls point at the (dense) live model's modules."""
-    if any(len(s) != len(base) for s in steps):
-        raise StructureError("the network's forward pass changed its layer calls after pruning; "
-                             "jointprune needs a static forward pass.")
+    """`_probe`'s result from a probe's records: `base` the dense timed calls, `steps[g]` the calls
+    after group g's step of `per_step[g]` channels (cumulative, as the surgery goes), `names` the
+    calls' module names. The calls returned point at the (dense) live model's modules, since the
+    probe's own are cut by then. The FLOPs model's probe feeds this too (`FlopsModel.timed_probe`)."""
+    for step in steps:
+        _check_static(step, base)
     live = dict(structure.model.named_modules())
     prev = _quantity_rows(base)
     d = np.zeros((len(base), len(QUANTITIES), len(steps)))

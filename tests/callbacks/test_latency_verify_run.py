@@ -16,7 +16,7 @@ from jointprune.options import LatencyOptions, PruningOptions
 from jointprune.pruning import BudgetClipper, ChannelStructure, FlopsModel, KeepRule
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pruning"))
-from test_latency import Chain, DigitsChain  # noqa: E402
+from test_latency import Chain, tiny_latency_fit  # noqa: E402
 
 
 class Linear:
@@ -108,11 +108,7 @@ def test_a_measurement_that_fails_is_one_sentence(monkeypatch):
 
 
 def test_a_run_records_the_loop_in_pruned_json(tmp_path, monkeypatch, capsys):
-    import lightning as L
-
-    from jointprune.data import DigitsDataModule
-    from jointprune.module import JointPruneModule
-    from jointprune.options import AgentOptions, EnvReprOptions, ExportOptions, ScheduleOptions
+    from jointprune.options import AgentOptions, EnvReprOptions
 
     def fake(dense, small, *a, **kw):  # a device much slower than any table: shrink to the floor
         return {"ratio": 0.99, "noise": 0.01, "dense_ms": 1.0, "pruned_ms": 1.0}
@@ -120,18 +116,10 @@ def test_a_run_records_the_loop_in_pruned_json(tmp_path, monkeypatch, capsys):
     # deterministic tables (cost ~ channels in x out): the test is about the loop, not the timing
     monkeypatch.setattr(latency_mod, "_measure_layer", lambda call, name, q, *a: 1e-3 * q["cin"] * q.get("cout", q["cin"]))
     monkeypatch.setattr(latency_mod, "measure_rest", lambda *a: 0.01)
-    L.seed_everything(0)
-    dm = DigitsDataModule(resize=16, batch_size=128, reward_size=64)
-    model = JointPruneModule(
-        DigitsChain(), latency_budget=0.9, input_shape=dm.input_shape, num_classes=dm.num_classes,
-        schedule=ScheduleOptions(warmup_epochs=1, agent_until=2, extract_at=2),
-        agent=AgentOptions(episodes_per_epoch=2, sac_updates=2, batch_size=8, random_epochs=1, hidden=16),
-        env_repr=EnvReprOptions(decoder_steps=2, dim=8),
-        latency=LatencyOptions(grid_points=2, repeats=1, max_repeats=2, network_repeats=1, verify_rounds=10,
-                               cache=False),
-        export=ExportOptions(dirpath=str(tmp_path / "export")))
-    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    model, trainer, dm = tiny_latency_fit(
+        tmp_path, AgentOptions(episodes_per_epoch=2, sac_updates=2, batch_size=8, random_epochs=1, hidden=16),
+        EnvReprOptions(decoder_steps=2, dim=8),
+        LatencyOptions(grid_points=2, repeats=1, max_repeats=2, network_repeats=1, verify_rounds=10, cache=False))
     trainer.fit(model, dm)
     report = json.loads((tmp_path / "export" / "pruned.json").read_text())
     assert report["latency_verify_status"] == "floor"

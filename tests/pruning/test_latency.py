@@ -154,16 +154,14 @@ class DigitsChain(Chain):
         self.fc = nn.Linear(12, 10)
 
 
-def test_tiny_fit_under_a_latency_budget_exports_within_it(tmp_path, monkeypatch):
+def tiny_latency_fit(tmp_path, agent, env_repr, latency):
+    """A 3-epoch run of DigitsChain under latency budget 0.9 alone (agent at epoch 1, cut at 2):
+    (module, trainer, data), not yet fitted."""
     import lightning as L
-
-    def refuse(structure):  # the tables reuse the FLOPs model's surgery (FlopsModel.timed_probe)
-        raise AssertionError("the latency model probed the network a second time")
-    monkeypatch.setattr(latency_mod, "_probe", refuse)
 
     from jointprune.data import DigitsDataModule
     from jointprune.module import JointPruneModule
-    from jointprune.options import AgentOptions, EnvReprOptions, ExportOptions, ScheduleOptions
+    from jointprune.options import ExportOptions, ScheduleOptions
 
     L.seed_everything(0)
     # 16x16 inputs at batch 128: the convs, not per-call overheads, dominate the tiny net's latency,
@@ -171,14 +169,25 @@ def test_tiny_fit_under_a_latency_budget_exports_within_it(tmp_path, monkeypatch
     dm = DigitsDataModule(resize=16, batch_size=128, reward_size=64)
     model = JointPruneModule(
         DigitsChain(), latency_budget=0.9, input_shape=dm.input_shape, num_classes=dm.num_classes,
-        schedule=ScheduleOptions(warmup_epochs=1, agent_until=2, extract_at=2),
-        agent=AgentOptions(episodes_per_epoch=3, sac_updates=4, batch_size=8, random_epochs=1, hidden=16),
-        env_repr=EnvReprOptions(decoder_steps=4, dim=8),
-        latency=LatencyOptions(grid_points=3, repeats=1, max_repeats=2, network_repeats=1, cache_dir=str(tmp_path / "cache")),
-        export=ExportOptions(dirpath=str(tmp_path / "export")))
-    assert model.flops_budget == 1.0  # alone, the latency budget is the only limit
+        schedule=ScheduleOptions(warmup_epochs=1, agent_until=2, extract_at=2), agent=agent, env_repr=env_repr,
+        latency=latency, export=ExportOptions(dirpath=str(tmp_path / "export")))
     trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    return model, trainer, dm
+
+
+def test_tiny_fit_under_a_latency_budget_exports_within_it(tmp_path, monkeypatch):
+    from jointprune.options import AgentOptions, EnvReprOptions
+
+    def refuse(structure):  # the tables reuse the FLOPs model's surgery (FlopsModel.timed_probe)
+        raise AssertionError("the latency model probed the network a second time")
+    monkeypatch.setattr(latency_mod, "_probe", refuse)
+
+    model, trainer, dm = tiny_latency_fit(
+        tmp_path, AgentOptions(episodes_per_epoch=3, sac_updates=4, batch_size=8, random_epochs=1, hidden=16),
+        EnvReprOptions(decoder_steps=4, dim=8),
+        LatencyOptions(grid_points=3, repeats=1, max_repeats=2, network_repeats=1, cache_dir=str(tmp_path / "cache")))
+    assert model.flops_budget == 1.0  # alone, the latency budget is the only limit
     trainer.fit(model, dm)
     lm = model.latency_model
     assert lm is not None and lm.info["batch_size"] == 128 and lm.info["device"] == "cpu"

@@ -3,10 +3,14 @@ plain CNN's eval-mode graph holds.
 
 Why: `ExportedProgram.run_decompositions()` retraces the whole graph under fake tensors and
 symbolic shapes; for the quickstart's ResNet-20 that is about 2 s, 5 % of the whole run, spent
-to turn seven operators into their Core ATen forms. Each rewrite below is the operator's own
-composite definition for the case at hand (eval mode, the common argument forms). A graph with
-any other non-core operator, or an argument form not listed, is left to `run_decompositions()`,
-and the program is checked against the eager network (here, or in capture.py on a fresh input).
+to turn seven operators into their Core ATen forms; for torchvision's ResNet-50 it is about 14 s.
+Each rewrite below is the operator's own composite definition for the case at hand (eval mode,
+the common argument forms). In-place activations and adds (`relu_`, `out += identity`), which the
+training IR keeps, become their functional forms, and later readers of the mutated tensor read
+the new node instead (the functionalisation `run_decompositions()` does, for this simple case).
+A graph with any other non-core operator, or an argument form not listed, is left to
+`run_decompositions()`, and the program is checked against the eager network (here, or in
+capture.py on a fresh input).
 """
 from __future__ import annotations
 
@@ -65,6 +69,37 @@ def _dropout(graph: Graph, node: Node) -> Optional[Node]:
     return None if train else x
 
 
+def _max_pool2d(graph: Graph, node: Node) -> Optional[Node]:
+    out = _call(graph, aten.max_pool2d_with_indices.default, tuple(_arguments(node)))
+    return _call(graph, operator.getitem, (out, 0))
+
+
+def _hardsigmoid_of(graph: Graph, x) -> Node:
+    shifted = _call(graph, aten.add.Tensor, (x, 3.0))
+    return _call(graph, aten.div.Tensor, (_call(graph, aten.clamp.default, (shifted, 0.0, 6.0)), 6.0))
+
+
+def _hardsigmoid(graph: Graph, node: Node) -> Node:
+    return _hardsigmoid_of(graph, node.args[0])
+
+
+def _hardswish(graph: Graph, node: Node) -> Node:
+    x = node.args[0]
+    return _call(graph, aten.mul.Tensor, (x, _hardsigmoid_of(graph, x)))
+
+
+def _silu(graph: Graph, node: Node) -> Node:
+    x = node.args[0]
+    return _call(graph, aten.mul.Tensor, (x, _call(graph, aten.sigmoid.default, (x,))))
+
+
+def _functional(target) -> Callable:
+    """The rewrite of an in-place op as its functional (core) overload, same arguments."""
+    def rewrite(graph: Graph, node: Node) -> Node:
+        return _call_with_kwargs(graph, target, node.args, node.kwargs)
+    return rewrite
+
+
 REWRITES: dict = {
     aten.conv2d.default: _conv2d,
     aten.linear.default: _linear,
@@ -72,18 +107,57 @@ REWRITES: dict = {
     aten.flatten.using_ints: _flatten,
     aten.adaptive_avg_pool2d.default: _adaptive_avg_pool2d,
     aten.dropout.default: _dropout,
+    aten.max_pool2d.default: _max_pool2d,
+    aten.hardsigmoid.default: _hardsigmoid,
+    aten.hardswish.default: _hardswish,
+    aten.silu.default: _silu,
+}
+# In-place forms: rewritten as the functional op (a rewrite above, or the core overload itself),
+# with the mutated tensor's later readers moved to the result (`_rewrite_inplace`).
+INPLACE: dict = {
+    aten.relu_.default: _functional(aten.relu.default),
+    aten.add_.Tensor: _functional(aten.add.Tensor),
+    aten.mul_.Tensor: _functional(aten.mul.Tensor),
+    aten.hardtanh_.default: _functional(aten.hardtanh.default),
+    aten.clamp_.default: _functional(aten.clamp.default),
+    aten.sigmoid_.default: _functional(aten.sigmoid.default),
+    aten.hardsigmoid_.default: _hardsigmoid,
+    aten.hardswish_.default: _hardswish,
+    aten.silu_.default: _silu,
+    aten.dropout_.default: _dropout,
 }
 
 
 def _call(graph: Graph, target, args: tuple) -> Node:
+    return _call_with_kwargs(graph, target, args, {})
+
+
+def _call_with_kwargs(graph: Graph, target, args: tuple, kwargs: dict) -> Node:
     """A new node whose `meta["val"]` (which torch.export's verifier requires) is the target run on
     its inputs' fake values, under the capture's own fake mode: one cheap op, no retrace."""
-    node = graph.call_function(target, args)
-    fake = torch.fx.node.map_aggregate(args, lambda a: a.meta["val"] if isinstance(a, Node) else a)
-    mode = torch._guards.detect_fake_mode(torch.utils._pytree.tree_leaves(fake))
+    node = graph.call_function(target, tuple(args), dict(kwargs))
+    fake = lambda a: a.meta["val"] if isinstance(a, Node) else a  # noqa: E731
+    fake_args = torch.fx.node.map_aggregate(tuple(args), fake)
+    fake_kwargs = torch.fx.node.map_aggregate(dict(kwargs), fake)
+    mode = torch._guards.detect_fake_mode(torch.utils._pytree.tree_leaves([fake_args, fake_kwargs]))
     with mode if mode is not None else contextlib.nullcontext():
-        node.meta["val"] = target(*fake)
+        node.meta["val"] = target(*fake_args, **fake_kwargs)
     return node
+
+
+def _mutates_safely(node: Node) -> bool:
+    """Whether an in-place op's target can be functionalised by renaming: an intermediate tensor
+    (not a program input, parameter or buffer) that is not a view of another tensor. The result
+    of another in-place op (`relu_(out.add_(identity))`) is that op's own target, checked in turn."""
+    if node.target is aten.dropout_.default and not _arguments(node)[2]:
+        return True  # eval-mode dropout mutates nothing
+    x = node.args[0]
+    if not isinstance(x, Node) or x.op != "call_function":
+        return False
+    if x.target in INPLACE:
+        return True
+    schema = getattr(x.target, "_schema", None)
+    return schema is not None and all(r.alias_info is None for r in schema.returns)
 
 
 def _arguments(node: Node) -> list:
@@ -115,19 +189,28 @@ def rewritten_program(program):
     only `run_decompositions()` handles."""
     from torch.export import ExportedProgram
     calls = [n for n in program.graph.nodes if n.op == "call_function"]
-    if any(not _is_core(n.target) and n.target not in REWRITES and n.target is not operator.getitem
-           for n in calls):
+    if any(not _is_core(n.target) and n.target not in REWRITES and n.target not in INPLACE
+           and n.target is not operator.getitem for n in calls):
+        return None
+    if any(n.target in INPLACE and not _mutates_safely(n) for n in calls):
         return None
     gm = copy.deepcopy(program.graph_module)
     graph = gm.graph
     for copied, original in zip(graph.nodes, program.graph.nodes):
         copied.name = original.name  # the copy renames e.g. an input called `input`; the signature must match
+    order = {node: i for i, node in enumerate(graph.nodes)}
     for node in list(graph.nodes):
-        rewrite: Optional[Callable] = REWRITES.get(node.target) if node.op == "call_function" else None
+        inplace = node.op == "call_function" and node.target in INPLACE
+        rewrite: Optional[Callable] = (INPLACE if inplace else REWRITES).get(node.target) \
+            if node.op == "call_function" else None
         if rewrite is None:
             continue
         with graph.inserting_before(node):
             new = rewrite(graph, node)
+        if inplace and new is not None:  # readers after the mutation read its result
+            mutated = node.args[0]
+            for user in [u for u in mutated.users if u is not node and order.get(u, -1) > order[node]]:
+                user.replace_input_with(mutated, new)
         identity = new is node.args[0]
         if new is None or (identity and any(user.op == "output" for user in node.users)):
             return None  # (the signature names the outputs by node name: an output must stay a node)

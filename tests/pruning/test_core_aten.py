@@ -10,7 +10,7 @@ from torch.export import Dim, ExportedProgram
 
 from jointprune.models import CifarResNet, MobileNetV2
 from jointprune.pruning.capture import DenseCapture, retargeted_program
-from jointprune.pruning.core_aten import core_aten, rewritten_program
+from jointprune.pruning.core_aten import INPLACE, core_aten, rewritten_program
 from jointprune.pruning.program import build_module, serialize_program
 
 
@@ -50,9 +50,33 @@ class Head(nn.Module):
         return self.fc(self.drop(torch.flatten(self.pool(torch.relu(self.bn(self.conv(x)))), 1)))
 
 
+class InPlace(nn.Module):
+    """What torchvision's ResNet, MobileNetV3 and EfficientNet do in place (`relu_`, `out +=
+    identity`, inplace hardswish/silu/hardsigmoid), a max pool, and readers of a mutated tensor
+    both before and after the mutation (a wrong renaming would change the output)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.acts = nn.Sequential(nn.Hardswish(inplace=True), nn.SiLU(inplace=True), nn.Hardsigmoid(inplace=True))
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x):
+        out = self.pool(torch.relu_(self.bn(self.conv(x))))
+        before = out * 2.0              # reads `out` before it is mutated
+        y = self.conv2(out)
+        y += out                        # add_: `y` mutated
+        y.relu_()                       # its result unused: later readers read `y`
+        z = self.acts(y) + before + y   # reads the mutated `y`
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(z, 1), 1))
+
+
 @pytest.mark.parametrize("make", [lambda: CifarResNet(depth=8, num_classes=5, width=4),
                                   lambda: MobileNetV2(num_classes=5, width_mult=0.25),
-                                  Head], ids=["resnet", "mobilenetv2", "head"])
+                                  Head, InPlace], ids=["resnet", "mobilenetv2", "head", "inplace"])
 def test_rewrite_gives_core_aten_that_matches_eager(make, no_retrace):
     torch.manual_seed(0)
     net = make().eval()
@@ -62,6 +86,8 @@ def test_rewrite_gives_core_aten_that_matches_eager(make, no_retrace):
             m.running_var.uniform_(0.5, 2)
     program = capture(net)
     assert not all_core(program)  # the training IR holds conv2d, linear, batch_norm, ...
+    if make is InPlace:  # ... and here relu_, add_, hardswish_, silu_, hardsigmoid_
+        assert len(operators(program) & set(INPLACE)) == 5
     core = core_aten(program)
     assert all_core(core), operators(core)
     x = torch.randn(5, 3, 16, 16)  # another batch size than the capture's
@@ -86,6 +112,28 @@ def test_unknown_operator_is_left_to_run_decompositions():
 def test_dropout_as_the_output_is_left_to_run_decompositions():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Dropout(0.1)).eval()
     assert rewritten_program(capture(net)) is None
+
+
+def test_a_mutated_view_or_input_is_left_to_run_decompositions():
+    """Renaming is only right for an intermediate tensor that nothing else aliases."""
+    class MutatesView(nn.Module):
+        def forward(self, x):
+            y = torch.relu(x)
+            flat = y.view(y.shape[0], -1)
+            flat.add_(1.0)              # mutates `y` through the view
+            return y * 2.0
+
+    class MutatesInput(nn.Module):
+        def forward(self, x):
+            x.relu_()
+            return x * 2.0
+
+    for net in (MutatesView(), MutatesInput()):
+        program = torch.export.export(net, (torch.randn(2, 3, 4, 4),))
+        assert rewritten_program(program) is None
+        x = torch.randn(2, 3, 4, 4)
+        with torch.no_grad():
+            torch.testing.assert_close(core_aten(program).module()(x.clone()), net(x.clone()))
 
 
 def test_unlisted_argument_form_is_left_to_run_decompositions():

@@ -12,7 +12,7 @@ from .structure import ChannelStructure
 
 
 def check_options(opts) -> None:
-    for name, low in (("grid_points", 2), ("warmup", 0), ("repeats", 1), ("max_repeats", opts.repeats), ("network_repeats", 1),
+    for name, low in (("grid_points", 2), ("warmup", 0), ("repeats", 1), ("max_repeats", opts.repeats), ("network_repeats", 2),
                       ("calibration_repeats", 1), ("verify_rounds", 0), ("verify_repeats", 1)):
         value = getattr(opts, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:

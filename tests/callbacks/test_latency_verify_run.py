@@ -119,7 +119,7 @@ def test_a_run_records_the_loop_in_pruned_json(tmp_path, monkeypatch, capsys):
     model, trainer, dm = tiny_latency_fit(
         tmp_path, AgentOptions(episodes_per_epoch=2, sac_updates=2, batch_size=8, random_epochs=1, hidden=16),
         EnvReprOptions(decoder_steps=2, dim=8),
-        LatencyOptions(grid_points=2, repeats=1, max_repeats=2, network_repeats=1, verify_rounds=10, cache=False))
+        LatencyOptions(grid_points=2, repeats=1, max_repeats=2, network_repeats=2, verify_rounds=10, cache=False))
     trainer.fit(model, dm)
     report = json.loads((tmp_path / "export" / "pruned.json").read_text())
     assert report["latency_verify_status"] == "floor"

@@ -43,7 +43,7 @@ def build(tmp_path, batch=2, points=3, threads=1, **kw):
     structure = ChannelStructure(model, torch.zeros(1, 3, 8, 8))
     rule = KeepRule(max_ratio=0.5)
     cands = [rule.candidates(n) for n in structure.sizes]
-    opts = LatencyOptions(grid_points=points, warmup=0, repeats=1, max_repeats=2, network_repeats=1, cache_dir=str(tmp_path), **kw)
+    opts = LatencyOptions(grid_points=points, warmup=0, repeats=1, max_repeats=2, network_repeats=2, cache_dir=str(tmp_path), **kw)
     return LatencyModel.measure(structure, cands, CPU, batch, threads, opts), structure, cands
 
 
@@ -186,7 +186,7 @@ def test_tiny_fit_under_a_latency_budget_exports_within_it(tmp_path, monkeypatch
     model, trainer, dm = tiny_latency_fit(
         tmp_path, AgentOptions(episodes_per_epoch=3, sac_updates=4, batch_size=8, random_epochs=1, hidden=16),
         EnvReprOptions(decoder_steps=4, dim=8),
-        LatencyOptions(grid_points=3, repeats=1, max_repeats=2, network_repeats=1, cache_dir=str(tmp_path / "cache")))
+        LatencyOptions(grid_points=3, repeats=2, max_repeats=8, network_repeats=2, cache_dir=str(tmp_path / "cache")))
     assert model.flops_budget == 1.0  # alone, the latency budget is the only limit
     trainer.fit(model, dm)
     lm = model.latency_model
@@ -210,7 +210,7 @@ def test_an_unreachable_latency_budget_is_refused_at_start(tmp_path):
     dm = DigitsDataModule(resize=8, batch_size=32, reward_size=64)
     model = JointPruneModule(DigitsChain(), latency_budget=0.01, input_shape=dm.input_shape,
                              num_classes=dm.num_classes,
-                             latency=LatencyOptions(grid_points=2, repeats=1, max_repeats=2, network_repeats=1,
+                             latency=LatencyOptions(grid_points=2, repeats=1, max_repeats=2, network_repeats=2,
                                                     cache_dir=str(tmp_path / "cache")))
     trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)

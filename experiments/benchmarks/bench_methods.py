@@ -115,6 +115,9 @@ NETS = {
     # MobileNetV2 x0.25 with its ImageNet stem (stride 2 first conv): on CPU the CIFAR stem made
     # a step 4.5x slower than ResNet-20 w8 at the same input (depthwise convs at full resolution).
     "mbv2w25": dict(arch="mobilenetv2", width_mult=0.25, stem="imagenet"),
+    # A plain VGG-style stack (a user CNN, not in the zoo): no residual coupling, and its layers'
+    # FLOPs per channel differ by up to 5x, where a uniform ratio is less likely to be the best.
+    "vgg6": dict(arch="vgg", widths=[16, "M", 32, "M", 64, 64, "M", 128, 128]),
 }
 BUDGETS = [0.5, 0.3]
 METHODS = ["jointprune", "uniform", "random", "tp_magnitude"]
@@ -149,11 +152,32 @@ def make_data(task: str, seed: int):
     return dm
 
 
+class PlainVGG(nn.Module):
+    """conv3x3-BN-ReLU per width, 2x2 max pool per "M", global average pool, linear."""
+
+    def __init__(self, widths: list, num_classes: int, in_channels: int = 3) -> None:
+        super().__init__()
+        layers, c = [], in_channels
+        for w in widths:
+            if w == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU()]
+                c = w
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
 def make_cnn(net: str, num_classes: int) -> nn.Module:
     spec = dict(NETS[net])
     arch = spec.pop("arch")
     if arch == "resnet":
         return CifarResNet(num_classes=num_classes, in_channels=3, **spec)
+    if arch == "vgg":
+        return PlainVGG(num_classes=num_classes, **spec)
     return MobileNetV2(num_classes=num_classes, in_channels=3, dropout=0.0, **spec)
 
 

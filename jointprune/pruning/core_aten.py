@@ -96,7 +96,7 @@ def _silu(graph: Graph, node: Node) -> Node:
 def _functional(target) -> Callable:
     """The rewrite of an in-place op as its functional (core) overload, same arguments."""
     def rewrite(graph: Graph, node: Node) -> Node:
-        return _call_with_kwargs(graph, target, node.args, node.kwargs)
+        return _call(graph, target, node.args, node.kwargs)
     return rewrite
 
 
@@ -113,7 +113,7 @@ REWRITES: dict = {
     aten.silu.default: _silu,
 }
 # In-place forms: rewritten as the functional op (a rewrite above, or the core overload itself),
-# with the mutated tensor's later readers moved to the result (`_rewrite_inplace`).
+# with the mutated tensor's later readers moved to the result (in `rewritten_program`).
 INPLACE: dict = {
     aten.relu_.default: _functional(aten.relu.default),
     aten.add_.Tensor: _functional(aten.add.Tensor),
@@ -128,17 +128,14 @@ INPLACE: dict = {
 }
 
 
-def _call(graph: Graph, target, args: tuple) -> Node:
-    return _call_with_kwargs(graph, target, args, {})
-
-
-def _call_with_kwargs(graph: Graph, target, args: tuple, kwargs: dict) -> Node:
+def _call(graph: Graph, target, args: tuple, kwargs: Optional[dict] = None) -> Node:
     """A new node whose `meta["val"]` (which torch.export's verifier requires) is the target run on
     its inputs' fake values, under the capture's own fake mode: one cheap op, no retrace."""
-    node = graph.call_function(target, tuple(args), dict(kwargs))
+    kwargs = dict(kwargs or {})
+    node = graph.call_function(target, tuple(args), kwargs)
     fake = lambda a: a.meta["val"] if isinstance(a, Node) else a  # noqa: E731
     fake_args = torch.fx.node.map_aggregate(tuple(args), fake)
-    fake_kwargs = torch.fx.node.map_aggregate(dict(kwargs), fake)
+    fake_kwargs = torch.fx.node.map_aggregate(kwargs, fake)
     mode = torch._guards.detect_fake_mode(torch.utils._pytree.tree_leaves([fake_args, fake_kwargs]))
     with mode if mode is not None else contextlib.nullcontext():
         node.meta["val"] = target(*fake_args, **fake_kwargs)
@@ -200,9 +197,10 @@ def rewritten_program(program):
         copied.name = original.name  # the copy renames e.g. an input called `input`; the signature must match
     order = {node: i for i, node in enumerate(graph.nodes)}
     for node in list(graph.nodes):
-        inplace = node.op == "call_function" and node.target in INPLACE
-        rewrite: Optional[Callable] = (INPLACE if inplace else REWRITES).get(node.target) \
-            if node.op == "call_function" else None
+        if node.op != "call_function":
+            continue
+        inplace = node.target in INPLACE
+        rewrite: Optional[Callable] = (INPLACE if inplace else REWRITES).get(node.target)
         if rewrite is None:
             continue
         with graph.inserting_before(node):

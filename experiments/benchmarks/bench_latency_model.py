@@ -9,10 +9,9 @@ on the latency ratio pruned/dense (both sides normalised by the dense network, s
 shared machine between the table build and the check cancels). A second build then reads the
 cache (its time is the "second run" start-up).
 
-Build cost is compared with one epoch of the quickstart measured in the same run: ResNet-20 on
-the digits data at batch 64, one training pass (forward, backward, SGD step) plus the validation
-pass, i.e. the quickstart's warm-up epoch without the agent (its shortest epoch, so the ratio is
-an upper bound), against the latency model the quickstart would build (ResNet-20, batch 64).
+The quickstart's build cost against one of its epochs is bench_latency_build.py's measurement
+(interleaved rounds, the tables as a run builds them); this script prints it first, unless
+--skip-quickstart.
 
     python experiments/benchmarks/bench_latency_model.py [--subnets 6] [--runs 7] [--threads 1]
 """
@@ -29,24 +28,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywher
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from jointprune.data import DigitsDataModule  # noqa: E402
 from jointprune.models import create_model  # noqa: E402
 from jointprune.options import LatencyOptions  # noqa: E402
 from jointprune.pruning import ChannelStructure, KeepRule, extract_subnetwork, group_importance, top_k_masks  # noqa: E402
 from jointprune.pruning.latency import LatencyModel, measure_pair  # noqa: E402
 
+import bench_latency_build  # noqa: E402  (beside this script)
+
 CPU = torch.device("cpu")
 
 
-def build(structure, rule, batch, threads, cache_dir, cpu_time=False, calibrate=False):
+def build(structure, rule, batch, threads, cache_dir, calibrate=False):
+    """(latency model, wall seconds to build it, candidate counts per group)."""
     cands = [rule.candidates(n) for n in structure.sizes]
-    start, cpu = time.perf_counter(), time.process_time()
+    start = time.perf_counter()
     lm = LatencyModel.measure(structure, cands, CPU, batch, threads,
                               LatencyOptions(cache_dir=cache_dir, calibrate=calibrate))
-    wall = time.perf_counter() - start
-    return lm, (wall, time.process_time() - cpu) if cpu_time else wall, cands
+    return lm, time.perf_counter() - start, cands
 
 
 def bench_model(name, size, batch, threads, subnets, runs, seed=0, calibrate=False):
@@ -78,42 +77,6 @@ def bench_model(name, size, batch, threads, subnets, runs, seed=0, calibrate=Fal
             "cal_err": statistics.median(cal_errors) if cal_errors else None}
 
 
-def quickstart_epoch_seconds(threads) -> tuple[float, float]:
-    """(wall, CPU) seconds of one quickstart epoch without the agent."""
-    torch.manual_seed(0)
-    dm = DigitsDataModule(batch_size=64, reward_size=64)
-    dm.setup("fit")
-    net = create_model("cifar_resnet20", num_classes=10)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    start, cpu = time.perf_counter(), time.process_time()
-    net.train()
-    for x, y in dm.train_dataloader():
-        loss = F.cross_entropy(net(x.float()), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
-    with torch.no_grad():
-        for x, _ in dm.val_dataloader():
-            net(x.float())
-    return time.perf_counter() - start, time.process_time() - cpu
-
-
-def quickstart_cost(args):
-    epoch_s = quickstart_epoch_seconds(args.threads)
-    with tempfile.TemporaryDirectory() as cache_dir:
-        st = ChannelStructure(create_model("cifar_resnet20", num_classes=10).eval(), torch.zeros(1, 3, 32, 32))
-        _, (qs_build, qs_build_cpu), _ = build(st, KeepRule(), 64, args.threads, cache_dir, cpu_time=True)
-        _, (qs_second, _), _ = build(st, KeepRule(), 64, args.threads, cache_dir, cpu_time=True)
-    epoch_s2 = quickstart_epoch_seconds(args.threads)  # again after, so that load drift shows
-    epoch = statistics.median([epoch_s[0], epoch_s2[0]])
-    epoch_cpu = statistics.median([epoch_s[1], epoch_s2[1]])
-    print(f"[quickstart] epoch {epoch_s} / {epoch_s2} s, table build {qs_build:.1f} s ({qs_build_cpu:.1f} s CPU)",
-          flush=True)
-
-    return qs_build, qs_build_cpu, qs_second, epoch, epoch_cpu, epoch_s, epoch_s2
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subnets", type=int, default=6, help="random sub-networks per model")
@@ -122,16 +85,14 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=16, help="batch for ResNet-56 and MobileNetV2 (32x32)")
     parser.add_argument("--imagenet-size", type=int, default=64, help="input side for ResNet-50")
     parser.add_argument("--imagenet-batch", type=int, default=8)
-    parser.add_argument("--quickstart-only", action="store_true", help="only the build cost against an epoch")
     parser.add_argument("--models", nargs="+", default=["cifar_resnet56", "cifar_mobilenet_v2", "tv_resnet50"])
     parser.add_argument("--skip-quickstart", action="store_true")
+    parser.add_argument("--quickstart-rounds", type=int, default=3, help="rounds of bench_latency_build's measurement")
     parser.add_argument("--calibrate", action="store_true", help="also the error with LatencyOptions.calibrate")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    qs = None if args.skip_quickstart else quickstart_cost(args)
-    if args.quickstart_only:
-        return
+    qs = None if args.skip_quickstart else bench_latency_build.build_cost(args.quickstart_rounds)
     where = {"tv_resnet50": (args.imagenet_size, args.imagenet_batch)}
     results = [bench_model(m, *where.get(m, (32, args.batch)), args.threads, args.subnets, args.runs,
                            calibrate=args.calibrate) for m in args.models]
@@ -152,15 +113,9 @@ def main(argv=None) -> None:
     print("\nper sub-network (predicted ratio / measured ratio +- noise):")
     for r in results:
         print(f"  {r['model']}: " + ", ".join(f"{p:.2f}/{m:.2f}+-{n:.2f}" for p, m, n in r["rows"]))
-    if qs is None:
-        return
-    qs_build, qs_build_cpu, qs_second, epoch, epoch_cpu, epoch_s, epoch_s2 = qs
-    share, share_cpu = qs_build / epoch, qs_build_cpu / epoch_cpu
-    print(f"\nquickstart (ResNet-20, batch 64): table build {qs_build:.1f} s wall, {qs_build_cpu:.1f} s CPU "
-          f"(cached start {qs_second:.1f} s); one quickstart epoch without the agent {epoch:.1f} s wall, "
-          f"{epoch_cpu:.1f} s CPU; build = {100 * share:.0f} % of an epoch in wall time, {100 * share_cpu:.0f} % in "
-          f"CPU time (goal < 10 %: {'met' if share < 0.10 else 'MISSED'} in wall time).")
-
+    if qs is not None:
+        print("\nquickstart (ResNet-20, batch 64, bench_latency_build.py's measurement):")
+        bench_latency_build.print_cost(qs)
 
 if __name__ == "__main__":
     main()

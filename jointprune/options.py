@@ -93,6 +93,14 @@ class AgentOptions:
     # fraction of the action range: with centred actions, allocations scattered around uniform
     # rather than anywhere the clipper allows (1.0: the whole range). [ours]
     random_spread: float = 0.5
+    # Local search around the incumbent: in every learned agent epoch this fraction of the
+    # stochastic episodes (rounded down) asks for the incumbent's allocation with `refine_groups`
+    # random groups' kept counts scaled by exp(N(0, refine_sigma^2)); the clipper keeps the episode
+    # within budget. The policy's samples rarely land near the best allocation found, so without
+    # this the search never refines it (bench_agent.py). 0 turns it off. [ours]
+    refine_fraction: float = 0.5
+    refine_groups: int = 3
+    refine_sigma: float = 0.3
 
 
 @dataclass

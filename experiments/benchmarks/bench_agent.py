@@ -18,8 +18,9 @@ and one kept below it costs w_l / n_l. Landscapes:
 
 Per landscape and seed it runs the agent as a run does (jointprune.agent.training: P episodes
 per agent epoch, the first --random-epochs with uniform random actions, then K decoder steps and
-G SAC updates), with one deterministic (policy-mean) episode among the P after warm-up, and
-reports the best R among all its episodes. Random search gets the same number of reward
+G SAC updates), with one deterministic (policy-mean) episode among the P after warm-up and
+`refine_fraction` of them near the best allocation so far (`--set refine_fraction=0` for SAC's
+policy alone), and reports the best R among all its episodes. Random search gets the same number of reward
 evaluations (uniform random actions through the same clipper); uniform is the best common ratio.
 Agent hyper-parameters are AgentOptions / EnvReprOptions defaults unless overridden.
 
@@ -125,19 +126,25 @@ def run_agent(env, reward, agent_opts: AgentOptions, env_opts: EnvReprOptions, e
     actor_opt = torch.optim.Adam(sac.actor_parameters(), lr=agent_opts.actor_lr)
     critic_opt = torch.optim.Adam(sac.critic_parameters(), lr=agent_opts.critic_lr)
     env_opt = torch.optim.Adam(list(env_repr.parameters()) + list(decoder.parameters()), lr=env_opts.lr)
-    best, curve, det_rewards = -1.0, [], []
+    best, best_kept, curve, det_rewards = -1.0, None, [], []
     for t in range(epochs):
         env_repr.begin_epoch(t)
         with torch.no_grad():
             z = env_repr.z(t).detach()
         random = t < agent_opts.random_epochs
+        # as a run does: the first refine_fraction of a learned epoch's episodes search near the
+        # incumbent, here the best allocation so far (the synthetic reward has no noise)
+        refine = 0 if random or best_kept is None else int(agent_opts.episodes_per_epoch * agent_opts.refine_fraction)
         for p in range(agent_opts.episodes_per_epoch):
             det = deterministic_episode and not random and p == agent_opts.episodes_per_epoch - 1
             if random:
                 policy = lambda s: float(sac.random_action(1, generator=gen, spread=agent_opts.random_spread)[0, 0])  # noqa: E731
             else:
                 policy = lambda s, det=det: float(sac.act(s, z, generator=gen, deterministic=det).reshape(-1)[0])  # noqa: E731
-            ep = env.rollout(policy)
+            if p < refine:
+                ep = env.rollout_near(best_kept, agent_opts.refine_groups, agent_opts.refine_sigma, gen)
+            else:
+                ep = env.rollout(policy)
             r = reward(ep.kept)
             if det:
                 det_rewards.append(r)
@@ -145,7 +152,8 @@ def run_agent(env, reward, agent_opts: AgentOptions, env_opts: EnvReprOptions, e
             rew = torch.zeros(n)
             rew[-1] = r
             replay.add(ep.states, ep.actions[:, None], rew, ep.next_states, ep.dones, torch.full((n,), t, dtype=torch.long))
-            best = max(best, r)
+            if r > best:
+                best, best_kept = r, list(ep.kept)
         curve.append(best)
         if verbose:
             print(f"    seed {seed} epoch {t}: best {best:.4f} policy mean {det_rewards[-1] if det_rewards else float('nan'):.4f}",
@@ -154,13 +162,25 @@ def run_agent(env, reward, agent_opts: AgentOptions, env_opts: EnvReprOptions, e
     return {"best": best, "curve": curve, "det_last": det_rewards[-1] if det_rewards else float("nan")}
 
 
-def random_search(env, reward, evaluations: int, seed: int, spread: float = 1.0) -> float:
+def random_search(env, reward, evaluations: int, seed: int, spread: float = 1.0, refine=None) -> float:
     """The best of `evaluations` episodes of random actions, drawn as the agent's random epochs
-    draw them (the middle `spread` of the action range) through the same environment."""
+    draw them (the middle `spread` of the action range) through the same environment.
+    `refine` = (episodes per epoch, fraction, groups, sigma): after the first epoch, that fraction of
+    every epoch's episodes search near the best so far, as the agent's do (random search given the
+    agent's local search, to tell the two apart)."""
     g = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
     m = env.clipper.rule.max_ratio
     lo, hi = (0.5 - spread / 2) * m, (0.5 + spread / 2) * m
-    return max(reward(env.rollout(lambda s: float(g.uniform(lo, hi))).kept) for _ in range(evaluations))
+    best, best_kept = -1.0, None
+    per_epoch, fraction, groups, sigma = refine if refine else (evaluations, 0.0, 0, 0.0)
+    for i in range(evaluations):
+        near = best_kept is not None and i >= per_epoch and i % per_epoch < int(per_epoch * fraction)
+        ep = env.rollout_near(best_kept, groups, sigma, gen) if near else env.rollout(lambda s: float(g.uniform(lo, hi)))
+        r = reward(ep.kept)
+        if r > best:
+            best, best_kept = r, list(ep.kept)
+    return best
 
 
 def _parse_sets(pairs):
@@ -208,22 +228,29 @@ def main() -> None:
         for name in args.landscapes:
             land = Landscape(name, env)
             t0 = time.perf_counter()
-            sac, rnd, det = [], [], []
+            sac, rnd, det, rnd_refine = [], [], [], []
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 out = run_agent(env, land, agent_opts, env_opts, args.epochs, seed, not args.no_deterministic,
                                 args.verbose)
                 sac.append(out["best"])
                 det.append(out["det_last"])
                 rnd.append(random_search(env, land, evals, seed, agent_opts.random_spread))
+                if agent_opts.refine_fraction > 0:
+                    rnd_refine.append(random_search(env, land, evals, seed, agent_opts.random_spread, refine=(
+                        agent_opts.episodes_per_epoch, agent_opts.refine_fraction, agent_opts.refine_groups,
+                        agent_opts.refine_sigma)))
             uni = land(env.uniform_under_budget())
             wins = sum(a > b for a, b in zip(sac, rnd))
             print(f"\n{net} ({env.n} groups) / {name}: target uses {land.target_flops:.3f} of dense FLOPs; "
                   f"{time.perf_counter() - t0:.0f}s")
-            print(f"  {'method':<22}{'median':>8}{'min':>8}{'max':>8}")
-            for label, vals in (("SAC best", sac), ("SAC last policy mean", det), ("random search", rnd)):
-                print(f"  {label:<22}{statistics.median(vals):8.4f}{min(vals):8.4f}{max(vals):8.4f}")
-            print(f"  {'uniform':<22}{uni:8.4f}")
-            print(f"  {'optimum':<22}{1.0:8.4f}")
+            print(f"  {'method':<24}{'median':>8}{'min':>8}{'max':>8}")
+            rows = [("SAC best", sac), ("SAC last policy mean", det), ("random search", rnd)]
+            if rnd_refine:
+                rows.append(("random search + refine", rnd_refine))
+            for label, vals in rows:
+                print(f"  {label:<24}{statistics.median(vals):8.4f}{min(vals):8.4f}{max(vals):8.4f}")
+            print(f"  {'uniform':<24}{uni:8.4f}")
+            print(f"  {'optimum':<24}{1.0:8.4f}")
             print(f"  SAC best > random search in {wins}/{args.seeds} seeds; SAC best within 2% of optimum "
                   f"in {sum(v >= 0.98 for v in sac)}/{args.seeds}")
             sys.stdout.flush()

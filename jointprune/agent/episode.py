@@ -20,7 +20,7 @@ The action is clipped by the BudgetClipper, so every finished episode meets ever
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -102,15 +102,34 @@ class PruningEnvironment:
                         dtype=np.float32)
 
     def rollout(self, policy: Callable[[torch.Tensor], float]) -> Episode:
-        """Run one episode; `policy(state)` returns the raw removal ratio for that state."""
+        """Run one episode; `policy(state)` returns the agent's action for that state."""
+        return self._walk(lambda state, centre: self.warp(float(policy(torch.from_numpy(state))), centre))
+
+    def rollout_near(self, kept: Sequence[int], groups: int, sigma: float,
+                     generator: torch.Generator | None = None) -> Episode:
+        """An episode that asks for the allocation `kept`, with `groups` random groups' counts
+        scaled by exp(N(0, sigma^2)): a neighbour of it (the agent's local search around the
+        incumbent). The clipper keeps it within every budget, so later groups give or take what
+        the changed ones did; sigma 0 gives `kept` back exactly when it meets the budgets. The
+        replay stores the action that yields each step's ratio, as for the policy's episodes."""
+        sizes = np.asarray(self.clipper.sizes, dtype=np.float64)
+        noise = np.zeros(self.n)
+        chosen = torch.randperm(self.n, generator=generator)[:min(groups, self.n)].numpy()
+        noise[chosen] = sigma * torch.randn(len(chosen), generator=generator, dtype=torch.float64).numpy()
+        wanted = np.minimum(np.asarray(kept, dtype=np.float64) * np.exp(noise), sizes)
+        ratios = 1.0 - wanted / sizes
+        return self._walk(lambda state, centre, step=iter(ratios): float(next(step)))
+
+    def _walk(self, ratio_for: Callable[[np.ndarray, float | None], float]) -> Episode:
+        """One episode: at each group, `ratio_for(state, centre)` gives the removal ratio asked for,
+        the clipper turns it into a count, and the action that yields the clipped ratio is recorded."""
         kept: list[int] = []
         states, actions = [], []
         prev = 0.0
         for _ in range(self.n):
             s = self.state(kept, prev)
-            raw = float(policy(torch.from_numpy(s)))
             centre = self.uniform_ratio(kept) if self.centred else None
-            k, ratio, _, _ = self.clipper.clip(kept, self.warp(raw, centre))
+            k, ratio, _, _ = self.clipper.clip(kept, ratio_for(s, centre))
             kept.append(k)
             states.append(s)
             actions.append(self.unwarp(ratio, centre))  # the action that yields the clipped ratio

@@ -71,6 +71,15 @@ def check_agent_options(opts) -> None:
         raise JointPruneError(f"model.agent.reward_scale_floor must be positive, got {opts.reward_scale_floor}.")
     if not 0.0 <= opts.return_weight <= 1.0:
         raise JointPruneError(f"model.agent.return_weight must be in [0, 1], got {opts.return_weight}.")
+    if isinstance(opts.refine_fraction, bool) or not 0.0 <= opts.refine_fraction <= 1.0:
+        raise JointPruneError(f"model.agent.refine_fraction must be in [0, 1] (the share of each learned epoch's "
+                              f"episodes that search near the incumbent), got {opts.refine_fraction!r}.")
+    if isinstance(opts.refine_groups, bool) or not isinstance(opts.refine_groups, int) or opts.refine_groups < 1:
+        raise JointPruneError(f"model.agent.refine_groups must be an integer >= 1 (groups changed per refining "
+                              f"episode), got {opts.refine_groups!r}.")
+    if isinstance(opts.refine_sigma, bool) or not opts.refine_sigma >= 0:
+        raise JointPruneError(f"model.agent.refine_sigma must be >= 0 (the spread of the log kept counts), "
+                              f"got {opts.refine_sigma!r}.")
     if isinstance(opts.random_spread, bool) or not 0.0 < opts.random_spread <= 1.0:
         raise JointPruneError(f"model.agent.random_spread must be in (0, 1] (the middle fraction of the action "
                               f"range random actions are drawn from), got {opts.random_spread!r}.")

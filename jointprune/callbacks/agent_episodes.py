@@ -6,9 +6,10 @@ rewards were measured on older weights.
 The best of many noisy scores is biased upward, so an episode that beats the incumbent on the
 screening images (`reward.max_samples`) only replaces it after both are re-scored on the other,
 disjoint reward images (`reward.confirm_samples`). "Beats" means by `reward.accept_margin_se`
-standard errors of the paired difference on the same images (`reward.paired`). One episode per epoch follows the policy's
-mean action (deterministic). At the start of every epoch with masks, lambda is set per group
-(`alignment.empty_by`) so that the removed channels are empty by the cut."""
+standard errors of the paired difference on the same images (`reward.paired`). One episode
+per epoch follows the policy's mean action (deterministic), and `agent.refine_fraction` of the
+others search near the incumbent. At the start of every epoch with masks, lambda is set per
+group (`alignment.empty_by`) so that the removed channels are empty by the cut."""
 from __future__ import annotations
 
 import math
@@ -126,9 +127,15 @@ class AgentEpisodes(L.Callback):
             z = pm.env_repr.z(t).detach().cpu()
             random = t < pm.agent_opts.random_epochs
             rewards, contenders = [], []
-            # the stochastic episodes, then one at the policy's mean (deterministic)
-            for i in range(pm.agent_opts.episodes_per_epoch + (0 if random else 1)):
-                episode = self._rollout(pm, z, random, deterministic=i == pm.agent_opts.episodes_per_epoch)
+            # the stochastic episodes (the first `refine` of them near the incumbent), then one at
+            # the policy's mean (deterministic)
+            opts = pm.agent_opts
+            refine = 0 if random or pm.incumbent_kept is None else int(opts.episodes_per_epoch * opts.refine_fraction)
+            for i in range(opts.episodes_per_epoch + (0 if random else 1)):
+                if i < refine:
+                    episode = self._near_incumbent(pm)
+                else:
+                    episode = self._rollout(pm, z, random, deterministic=i == opts.episodes_per_epoch)
                 masks = top_k_masks(scores, episode.kept)
                 reward, hits = self.scorer.score(pm.cnn, masks, recal, batch_stats)
                 rewards.append(reward)
@@ -144,7 +151,7 @@ class AgentEpisodes(L.Callback):
             "reward_mean": sum(rewards) / len(rewards), "reward_best": max(rewards),
             "incumbent_reward": pm.incumbent_reward, "flops_ratio": pm.flops_ratio(),
             "agent_seconds": time.perf_counter() - start, "random_actions": float(random),
-            "contenders_confirmed": float(confirmed),
+            "contenders_confirmed": float(confirmed), "refine_episodes": float(refine),
         }
         self._verify_latency(trainer, pm)
 
@@ -213,6 +220,13 @@ class AgentEpisodes(L.Callback):
         stats["latency_measured"], stats["latency_predicted"] = last["measured"], last["predicted"]
         stats["latency_rounds"] = float(len(result["rounds"]) - 1)
         stats["agent_seconds"] += time.perf_counter() - start
+
+    def _near_incumbent(self, pm):
+        """A neighbour of the incumbent (PruningEnvironment.rollout_near), drawn on rank 0 and
+        broadcast like every episode."""
+        o = pm.agent_opts
+        episode = pm.environment.rollout_near(pm.incumbent_kept, o.refine_groups, o.refine_sigma, pm.agent_generator)
+        return broadcast_object(episode)
 
     def _rollout(self, pm, z: torch.Tensor, random: bool, deterministic: bool = False):
         """Actions are drawn on rank 0 and broadcast, so every rank scores the same sub-networks."""

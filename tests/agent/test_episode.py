@@ -187,3 +187,25 @@ def test_centred_random_episodes_squeeze_the_last_groups_less(resnet20_internal)
 
     plain, centred = squeezed(False, 1.0), squeezed(True, 0.5)
     assert plain > 0.5 and centred < plain / 2, (plain, centred)
+
+
+def test_a_neighbour_of_the_incumbent_changes_a_few_groups_and_meets_the_budget(resnet20_internal):
+    """rollout_near, the agent's local search: sigma 0 gives the allocation back exactly; with
+    noise, the asked-for groups move, the clipper keeps every episode within budget, and the
+    recorded actions lie in the agent's action range (the replay learns from them as from the
+    policy's own episodes)."""
+    st, fm = resnet20_internal
+    env = PruningEnvironment(st, fm, BudgetClipper(fm, 0.5), centred=True)
+    incumbent = env.uniform_under_budget()
+    g = torch.Generator().manual_seed(0)
+    assert env.rollout_near(incumbent, 3, 0.0, g).kept == incumbent
+    changed = []
+    for _ in range(20):
+        ep = env.rollout_near(incumbent, 2, 0.5, g)
+        assert ep.flops <= fm.dense * 0.5 + 1e-6
+        changed.append(sum(a != b for a, b in zip(ep.kept, incumbent)))
+        assert 0.0 <= float(ep.actions.min()) and float(ep.actions.max()) <= env.clipper.rule.max_ratio + 1e-6
+    assert 0 < np.median(changed) <= 4 and max(changed) < len(incumbent), changed  # a neighbour, not a new draw
+    again = env.rollout_near(incumbent, 2, 0.5, torch.Generator().manual_seed(0))
+    first = env.rollout_near(incumbent, 2, 0.5, torch.Generator().manual_seed(0))
+    assert again.kept == first.kept  # drawn from the generator only (resume and DDP ranks agree)

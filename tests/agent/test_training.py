@@ -141,3 +141,16 @@ def test_a_random_spread_outside_its_range_is_one_sentence(spread):
     from jointprune.options import AgentOptions
     with pytest.raises(JointPruneError, match=r"model\.agent\.random_spread must be in \(0, 1\]"):
         check_agent_options(AgentOptions(random_spread=spread))
+
+
+@pytest.mark.parametrize("field,value,allowed", [("refine_fraction", 1.5, r"in \[0, 1\]"),
+                                                 ("refine_fraction", -0.1, r"in \[0, 1\]"),
+                                                 ("refine_groups", 0, r"an integer >= 1"),
+                                                 ("refine_groups", 1.5, r"an integer >= 1"),
+                                                 ("refine_sigma", -0.3, r">= 0")])
+def test_bad_refine_options_are_one_sentence(field, value, allowed):
+    from jointprune.agent.training import check_agent_options
+    from jointprune.errors import JointPruneError
+    from jointprune.options import AgentOptions
+    with pytest.raises(JointPruneError, match=rf"model\.agent\.{field} must be {allowed}"):
+        check_agent_options(AgentOptions(**{field: value}))

@@ -30,6 +30,10 @@ def test_cut_report_and_removed_mass_every_epoch(tmp_path):
     assert report["pruned_test_acc_at_extraction"] == report["top1_after_cut"]
     assert all(0.0 <= h["removed_mass"] <= 1.0 for h in report["history"])
     assert all(h["contenders_confirmed"] in (0.0, 1.0) for h in report["history"])
+    # the learned epoch searched near the incumbent with refine_fraction of its episodes (3 x 0.5 -> 1)
+    assert any(not h["random_actions"] for h in report["history"])
+    assert [h["refine_episodes"] for h in report["history"]] == \
+        [0.0 if h["random_actions"] else 1.0 for h in report["history"]]
     assert trainer.callback_metrics["prune/removed_mass"].item() == 0.0  # after the cut nothing is left
 
 

@@ -20,8 +20,9 @@ Per landscape and seed it runs the agent as a run does (jointprune.agent.trainin
 per agent epoch, the first --random-epochs with uniform random actions, then K decoder steps and
 G SAC updates), with one deterministic (policy-mean) episode among the P after warm-up and
 `refine_fraction` of them near the best allocation so far (`--set refine_fraction=0` for SAC's
-policy alone), and reports the best R among all its episodes. Random search gets the same number of reward
-evaluations (uniform random actions through the same clipper); uniform is the best common ratio.
+policy alone), and reports the best R among all its episodes. Random search gets the same number
+of reward evaluations (uniform random actions through the same clipper), once plain and once with
+the same local search; uniform is the best common ratio.
 Agent hyper-parameters are AgentOptions / EnvReprOptions defaults unless overridden.
 
     python experiments/benchmarks/bench_agent.py [--nets cifar_resnet56 cifar_mobilenet_v2]

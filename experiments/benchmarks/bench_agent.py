@@ -50,7 +50,7 @@ import torch  # noqa: E402
 
 from jointprune.agent import EnvironmentRepresentation, ReplayBuffer, RewardDecoder, SoftActorCritic  # noqa: E402
 from jointprune.agent.episode import STATE_DIM, PruningEnvironment  # noqa: E402
-from jointprune.agent.training import update_phase  # noqa: E402
+from jointprune.agent.training import refine_episodes, update_phase  # noqa: E402
 from jointprune.models import create_model  # noqa: E402
 from jointprune.options import AgentOptions, EnvReprOptions  # noqa: E402
 from jointprune.pruning import BudgetClipper, ChannelStructure, FlopsModel, KeepRule  # noqa: E402
@@ -133,9 +133,8 @@ def run_agent(env, reward, agent_opts: AgentOptions, env_opts: EnvReprOptions, e
         with torch.no_grad():
             z = env_repr.z(t).detach()
         random = t < agent_opts.random_epochs
-        # as a run does: the first refine_fraction of a learned epoch's episodes search near the
-        # incumbent, here the best allocation so far (the synthetic reward has no noise)
-        refine = 0 if random or best_kept is None else int(agent_opts.episodes_per_epoch * agent_opts.refine_fraction)
+        # as a run does; the incumbent is the best allocation so far (the synthetic reward has no noise)
+        refine = refine_episodes(agent_opts, random, best_kept is not None)
         for p in range(agent_opts.episodes_per_epoch):
             det = deterministic_episode and not random and p == agent_opts.episodes_per_epoch - 1
             if random:
@@ -163,21 +162,27 @@ def run_agent(env, reward, agent_opts: AgentOptions, env_opts: EnvReprOptions, e
     return {"best": best, "curve": curve, "det_last": det_rewards[-1] if det_rewards else float("nan")}
 
 
-def random_search(env, reward, evaluations: int, seed: int, spread: float = 1.0, refine=None) -> float:
+def random_search(env, reward, evaluations: int, seed: int, spread: float = 1.0,
+                  refine: AgentOptions | None = None) -> float:
     """The best of `evaluations` episodes of random actions, drawn as the agent's random epochs
-    draw them (the middle `spread` of the action range) through the same environment.
-    `refine` = (episodes per epoch, fraction, groups, sigma): after the first epoch, that fraction of
-    every epoch's episodes search near the best so far, as the agent's do (random search given the
-    agent's local search, to tell the two apart)."""
+    draw them (the middle `spread` of the action range) through the same environment. With
+    `refine` (agent options), episodes are grouped in epochs of `episodes_per_epoch` and, after the
+    random epochs, the first of each epoch search near the best so far as the agent's do
+    (refine_episodes): random search given the agent's local search, to tell the two apart."""
     g = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     m = env.clipper.rule.max_ratio
     lo, hi = (0.5 - spread / 2) * m, (0.5 + spread / 2) * m
     best, best_kept = -1.0, None
-    per_epoch, fraction, groups, sigma = refine if refine else (evaluations, 0.0, 0, 0.0)
     for i in range(evaluations):
-        near = best_kept is not None and i >= per_epoch and i % per_epoch < int(per_epoch * fraction)
-        ep = env.rollout_near(best_kept, groups, sigma, gen) if near else env.rollout(lambda s: float(g.uniform(lo, hi)))
+        near = False
+        if refine is not None:
+            epoch, p = divmod(i, refine.episodes_per_epoch)
+            near = p < refine_episodes(refine, epoch < refine.random_epochs, best_kept is not None)
+        if near:
+            ep = env.rollout_near(best_kept, refine.refine_groups, refine.refine_sigma, gen)
+        else:
+            ep = env.rollout(lambda s: float(g.uniform(lo, hi)))
         r = reward(ep.kept)
         if r > best:
             best, best_kept = r, list(ep.kept)
@@ -237,9 +242,8 @@ def main() -> None:
                 det.append(out["det_last"])
                 rnd.append(random_search(env, land, evals, seed, agent_opts.random_spread))
                 if agent_opts.refine_fraction > 0:
-                    rnd_refine.append(random_search(env, land, evals, seed, agent_opts.random_spread, refine=(
-                        agent_opts.episodes_per_epoch, agent_opts.refine_fraction, agent_opts.refine_groups,
-                        agent_opts.refine_sigma)))
+                    rnd_refine.append(random_search(env, land, evals, seed, agent_opts.random_spread,
+                                                    refine=agent_opts))
             uni = land(env.uniform_under_budget())
             wins = sum(a > b for a, b in zip(sac, rnd))
             print(f"\n{net} ({env.n} groups) / {name}: target uses {land.target_flops:.3f} of dense FLOPs; "

@@ -51,12 +51,11 @@ def train_epoch(dm: DigitsDataModule) -> float:
     return time.perf_counter() - start
 
 
-def build_cost(rounds: int, dm: DigitsDataModule | None = None) -> dict:
+def build_cost(rounds: int) -> dict:
     """Medians over `rounds` interleaved rounds (tables with an empty cache, read back, one epoch),
     each round printed as it ends. bench_latency_model.py reports the same figure through this."""
-    if dm is None:
-        dm = DigitsDataModule(batch_size=64, reward_size=64)  # the quickstart's data
-        dm.setup("fit")
+    dm = DigitsDataModule(batch_size=64, reward_size=64)  # the quickstart's data
+    dm.setup("fit")
     rows = []
     for r in range(rounds):
         with tempfile.TemporaryDirectory() as cache_dir:

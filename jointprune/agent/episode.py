@@ -112,12 +112,11 @@ class PruningEnvironment:
         incumbent). The clipper keeps it within every budget, so later groups give or take what
         the changed ones did; sigma 0 gives `kept` back exactly when it meets the budgets. The
         replay stores the action that yields each step's ratio, as for the policy's episodes."""
-        sizes = np.asarray(self.clipper.sizes, dtype=np.float64)
         noise = np.zeros(self.n)
         chosen = torch.randperm(self.n, generator=generator)[:min(groups, self.n)].numpy()
         noise[chosen] = sigma * torch.randn(len(chosen), generator=generator, dtype=torch.float64).numpy()
-        wanted = np.minimum(np.asarray(kept, dtype=np.float64) * np.exp(noise), sizes)
-        ratios = 1.0 - wanted / sizes
+        wanted = np.minimum(np.asarray(kept, dtype=np.float64) * np.exp(noise), self._sizes)
+        ratios = 1.0 - wanted / self._sizes
         return self._walk(lambda state, centre, step=iter(ratios): float(next(step)))
 
     def _walk(self, ratio_for: Callable[[np.ndarray, float | None], float]) -> Episode:

@@ -85,6 +85,15 @@ def check_agent_options(opts) -> None:
                               f"range random actions are drawn from), got {opts.random_spread!r}.")
 
 
+def refine_episodes(opts, random: bool, has_incumbent: bool) -> int:
+    """How many of an agent epoch's episodes search near the incumbent (`agent.refine_fraction`,
+    rounded down): none in a random epoch or before there is an incumbent. Shared by the
+    AgentEpisodes callback and experiments/benchmarks/bench_agent.py."""
+    if random or not has_incumbent:
+        return 0
+    return int(opts.episodes_per_epoch * opts.refine_fraction)
+
+
 def update_phase(sac: SoftActorCritic, env_repr: EnvironmentRepresentation, decoder: RewardDecoder,
                  replay: ReplayBuffer, actor_opt, critic_opt, env_opt, agent_opts, env_opts,
                  generator: torch.Generator | None = None) -> dict[str, float]:

@@ -20,6 +20,7 @@ import lightning as L
 import torch
 
 from ..agent.reward import RewardScorer
+from ..agent.training import refine_episodes
 from ..errors import JointPruneError
 from ..pruning import group_importance, top_k_masks
 from ..pruning.align import deadline_weights
@@ -130,7 +131,7 @@ class AgentEpisodes(L.Callback):
             # the stochastic episodes (the first `refine` of them near the incumbent), then one at
             # the policy's mean (deterministic)
             opts = pm.agent_opts
-            refine = 0 if random or pm.incumbent_kept is None else int(opts.episodes_per_epoch * opts.refine_fraction)
+            refine = refine_episodes(opts, random, pm.incumbent_kept is not None)
             for i in range(opts.episodes_per_epoch + (0 if random else 1)):
                 if i < refine:
                     episode = self._near_incumbent(pm)

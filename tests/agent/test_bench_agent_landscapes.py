@@ -28,5 +28,6 @@ def test_landscape_optimum_is_one_and_within_budget(bench, name):
     best = bench.random_search(env, land, evaluations=5, seed=0, spread=0.5)
     assert 0.0 < best <= 1.0 + 1e-9 and np.isfinite(best)
     # with the agent's local search around the best so far (episodes 5-6 of 10 are neighbours)
-    refined = bench.random_search(env, land, evaluations=10, seed=0, spread=0.5, refine=(5, 0.5, 3, 0.3))
+    opts = bench.AgentOptions(episodes_per_epoch=5, refine_fraction=0.5, refine_groups=3, refine_sigma=0.3)
+    refined = bench.random_search(env, land, evaluations=10, seed=0, spread=0.5, refine=opts)
     assert best <= refined <= 1.0 + 1e-9  # the same first 5 random episodes, then more

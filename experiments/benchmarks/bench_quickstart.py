@@ -15,8 +15,13 @@ The two references, so that like is compared with like:
   settings (validation every epoch with the sanity check, ModelCheckpoint save_last + top-1
   every epoch) and one test pass at the end, as the jointprune run does (its final report tests
   the network; it also validates and tests at the cut, times latency and writes the export).
-The programs run one after the other per seed (jointprune, bare, like-for-like, then the next
-seed), so drift on a shared machine hits all three alike.
+Each program runs in a fresh Python process, as a user's run does: every one loads its own data
+and pays its own first calls (kernel set-up, torch.export's warm-up). Run in one process, the
+program that came first paid those for the others, and the data set up by the jointprune run was
+reused by both dense runs for free. The order alternates by seed (jointprune, bare, like-for-like
+for even seeds, the reverse for odd ones), so drift on a shared machine hits all three alike.
+Times are of `Trainer.fit` (plus the test pass for like-for-like); the whole process, imports
+included, is reported beside them.
 
     python experiments/benchmarks/bench_quickstart.py [--seeds 0 1 2] [--quick]
 """
@@ -26,6 +31,7 @@ import argparse
 import importlib
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -131,84 +137,46 @@ class PhaseTimer(L.Callback):
         self.train_end = time.perf_counter()
 
 
-def run_pair(seed: int, overrides: list[str], work: Path) -> dict:
+def quickstart_cli(seed: int, overrides: list[str], work: Path) -> JointPruneCLI:
     args = ["--config", str(ROOT / "experiments" / "quickstart.yaml"), "--seed_everything", str(seed),
             "--trainer.default_root_dir", str(work / f"jp{seed}"), "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", *overrides]
-    cli = JointPruneCLI(JointPruneModule, subclass_mode_data=True, parser_kwargs={"parser_mode": "omegaconf"},
-                        run=False, args=args, save_config_kwargs={"overwrite": True})
+    return JointPruneCLI(JointPruneModule, subclass_mode_data=True, parser_kwargs={"parser_mode": "omegaconf"},
+                         run=False, args=args, save_config_kwargs={"overwrite": True})
+
+
+def run_jointprune(seed: int, overrides: list[str], work: Path) -> dict:
+    cli = quickstart_cli(seed, overrides, work)
     timer = PhaseTimer()
     cli.trainer.callbacks.insert(0, timer)
-    CutTimer.seconds = 0.0
+    CutTimer.install()
     start, cpu = time.perf_counter(), time.process_time()
     cli.trainer.fit(cli.model, cli.datamodule)
-    jp_seconds, jp_cpu = time.perf_counter() - start, time.process_time() - cpu
-    cut_seconds = CutTimer.seconds
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     end_of_fit = time.perf_counter() - timer.train_end
     report = json.loads((work / f"jp{seed}" / "pruned" / "pruned.json").read_text())
     history = report["history"]
-
-    # The dense references: same CNN class and arguments, freshly initialised with the same seed.
-    cnn_config = cli.config["model"]["cnn"]
-    init = dict(cnn_config.get("init_args") or {}, num_classes=cli.datamodule.num_classes)
-    module_name, _, cls_name = cnn_config["class_path"].rpartition(".")
-
-    def dense_module():
-        L.seed_everything(seed)
-        cnn = getattr(importlib.import_module(module_name), cls_name)(**init)
-        return DenseModule(cnn, cli.model.optim, cli.trainer.max_epochs, cli.datamodule.num_classes)
-
-    dense = dense_module()  # bare: the training loop alone
-    trainer = L.Trainer(max_epochs=cli.trainer.max_epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-    dense_timer = PhaseTimer()
-    trainer.callbacks.insert(0, dense_timer)
-    start, cpu = time.perf_counter(), time.process_time()
-    trainer.fit(dense, cli.datamodule)
-    dense_seconds, dense_cpu = time.perf_counter() - start, time.process_time() - cpu
-    dense_cnn = dense.cnn
-
-    # like-for-like: the config's Trainer settings (validation each epoch, last + top-1
-    # checkpoints every epoch) and a final test pass, as a user's dense run would have
-    full = dense_module()
-    full_trainer = L.Trainer(max_epochs=cli.trainer.max_epochs, accelerator="cpu", logger=False,
-                             default_root_dir=str(work / f"dense{seed}"), enable_progress_bar=False,
-                             enable_model_summary=False, callbacks=[ModelCheckpoint(save_last=True, save_top_k=1)])
-    full_timer = PhaseTimer()
-    full_trainer.callbacks.insert(0, full_timer)
-    start, cpu = time.perf_counter(), time.process_time()
-    full_trainer.fit(full, cli.datamodule)
-    full_test = full_trainer.test(full, cli.datamodule, verbose=False)[0]["test/acc"]
-    full_seconds, full_cpu = time.perf_counter() - start, time.process_time() - cpu
     extract = cli.model.epochs["extract_at"]
     agent = sum(h["agent_seconds"] for h in history)
     phases = {  # seconds
         "dense epochs before the cut": sum(v for e, v in timer.epoch.items() if e < extract) - agent,
         "agent (episodes, decoder, SAC)": agent,
-        "test and val passes at the cut": cut_seconds,
-        "pruned epochs after the cut": sum(v for e, v in timer.epoch.items() if e >= extract) - cut_seconds,
+        "test and val passes at the cut": CutTimer.seconds,
+        "pruned epochs after the cut": sum(v for e, v in timer.epoch.items() if e >= extract) - CutTimer.seconds,
         "validation (all epochs)": timer.val,
         "end of fit (report, latency, export)": end_of_fit,
-        "other (setup, checkpoints, hooks)": jp_seconds - sum(timer.epoch.values()) - timer.val - end_of_fit,
-        "dense reference: epochs before the cut": sum(v for e, v in dense_timer.epoch.items() if e < extract),
-        "dense reference: epochs after the cut": sum(v for e, v in dense_timer.epoch.items() if e >= extract),
-        "like-for-like dense: validation (all epochs)": full_timer.val,
-        "like-for-like dense: rest (setup, checkpoints, test)": full_seconds - sum(full_timer.epoch.values())
-        - full_timer.val,
+        "other (setup, checkpoints, hooks)": seconds - sum(timer.epoch.values()) - timer.val - end_of_fit,
     }
     return {
-        "seed": seed,
-        "jp_test_acc": report["test_acc"], "dense_test_acc": test_accuracy(dense_cnn, cli.datamodule),
-        "flops_ratio": report["flops_ratio"], "budget": report["flops_budget"],
+        "jp_test_acc": report["test_acc"], "flops_ratio": report["flops_ratio"], "budget": report["flops_budget"],
         "decoder_loss_first_epoch": history[0]["decoder_loss"], "decoder_loss_last_epoch": history[-1]["decoder_loss"],
         "reward_mean_first_learned": next(h["reward_mean"] for h in history if not h.get("random_actions")),
         "reward_mean_last": history[-1]["reward_mean"],
         "agent_time_fraction": statistics.median(h["agent_time_fraction"] for h in history),
-        "jp_seconds": jp_seconds, "dense_seconds": dense_seconds, "dense_full_seconds": full_seconds,
+        "jp_seconds": seconds,
         # CPU seconds of this process (both torch threads): time other machines' load steals from
         # a run does not count here, so on a shared host this ratio moves less than wall time
-        "jp_cpu_seconds": jp_cpu, "dense_cpu_seconds": dense_cpu, "dense_full_cpu_seconds": full_cpu,
-        "dense_full_test_acc": full_test,
+        "jp_cpu_seconds": cpu,
         # within each agent epoch, the decoder's MSE over its first and last tenth of steps
         "decoder_fit_per_epoch": [(h["decoder_loss_first"], h["decoder_loss"]) for h in history],
         "reward_mean_per_epoch": [h["reward_mean"] for h in history],
@@ -216,22 +184,95 @@ def run_pair(seed: int, overrides: list[str], work: Path) -> dict:
     }
 
 
+def run_dense(seed: int, overrides: list[str], work: Path, like_for_like: bool) -> dict:
+    """A dense reference: the quickstart's CNN class and arguments, freshly initialised with the
+    same seed, its data, optimiser and epochs. Bare: the training loop alone; like-for-like: the
+    config's Trainer settings (validation each epoch, last + top-1 checkpoints every epoch) and a
+    final test pass, as a user's dense run would have."""
+    cli = quickstart_cli(seed, overrides, work)
+    cnn_config = cli.config["model"]["cnn"]
+    dm = cli.datamodule  # set up inside the timed fit, as in the jointprune run
+    init = dict(cnn_config.get("init_args") or {}, num_classes=dm.num_classes)
+    module_name, _, cls_name = cnn_config["class_path"].rpartition(".")
+    L.seed_everything(seed)
+    cnn = getattr(importlib.import_module(module_name), cls_name)(**init)
+    dense = DenseModule(cnn, cli.model.optim, cli.trainer.max_epochs, dm.num_classes)
+    if like_for_like:
+        trainer = L.Trainer(max_epochs=cli.trainer.max_epochs, accelerator="cpu", logger=False,
+                            default_root_dir=str(work / f"dense{seed}"), enable_progress_bar=False,
+                            enable_model_summary=False, callbacks=[ModelCheckpoint(save_last=True, save_top_k=1)])
+    else:
+        trainer = L.Trainer(max_epochs=cli.trainer.max_epochs, accelerator="cpu", logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            limit_val_batches=0)
+    timer = PhaseTimer()
+    trainer.callbacks.insert(0, timer)
+    start, cpu = time.perf_counter(), time.process_time()
+    trainer.fit(dense, dm)
+    test = trainer.test(dense, dm, verbose=False)[0]["test/acc"] if like_for_like else None
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    extract = cli.model.resolve_schedule(cli.trainer.max_epochs)["extract_at"]
+    return {"seconds": seconds, "cpu_seconds": cpu, "test_acc": test if like_for_like else test_accuracy(dense.cnn, dm),
+            "epochs_before_cut": sum(v for e, v in timer.epoch.items() if e < extract),
+            "epochs_after_cut": sum(v for e, v in timer.epoch.items() if e >= extract),
+            "validation": timer.val, "rest": seconds - sum(timer.epoch.values()) - timer.val}
+
+
+PROGRAMS = ("jointprune", "bare", "like-for-like")
+
+
+def run_child(program: str, seed: int, quick: bool, work: Path) -> dict:
+    """One program in a fresh interpreter; its JSON result and the process's own wall time."""
+    cmd = [sys.executable, __file__, "--child", program, "--seeds", str(seed), "--work", str(work)]
+    start = time.perf_counter()
+    done = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True)
+    process_seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{program} (seed {seed}) failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return dict(result, process_seconds=process_seconds)
+
+
+def run_seed(seed: int, quick: bool, work: Path) -> dict:
+    order = PROGRAMS if seed % 2 == 0 else PROGRAMS[::-1]
+    out = {program: run_child(program, seed, quick, work) for program in order}
+    jp, bare, full = out["jointprune"], out["bare"], out["like-for-like"]
+    phases = dict(jp.pop("phases"))
+    phases.update({
+        "dense reference: epochs before the cut": bare["epochs_before_cut"],
+        "dense reference: epochs after the cut": bare["epochs_after_cut"],
+        "like-for-like dense: validation (all epochs)": full["validation"],
+        "like-for-like dense: rest (setup, checkpoints, test)": full["rest"],
+    })
+    return dict(jp, seed=seed, order=list(order), dense_test_acc=bare["test_acc"], dense_full_test_acc=full["test_acc"],
+                dense_seconds=bare["seconds"], dense_full_seconds=full["seconds"],
+                dense_cpu_seconds=bare["cpu_seconds"], dense_full_cpu_seconds=full["cpu_seconds"],
+                process_seconds={k: v["process_seconds"] for k, v in out.items()}, phases=phases)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="a smoke run: 16x16 digits, 4 epochs")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "benchmarks" / "results" / "quickstart.json")
+    parser.add_argument("--child", choices=PROGRAMS, help=argparse.SUPPRESS)  # one program, in this process
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    overrides = []
-    if args.quick:
-        overrides = ["--data.init_args.resize", "16", "--trainer.max_epochs", "4", "--model.schedule.agent_until", "3",
-                     "--model.schedule.extract_at", "3"]
+    if args.child:
+        torch.set_num_threads(2)
+        overrides = []
+        if args.quick:
+            overrides = ["--data.init_args.resize", "16", "--trainer.max_epochs", "4",
+                         "--model.schedule.agent_until", "3", "--model.schedule.extract_at", "3"]
+        seed = args.seeds[0]
+        result = (run_jointprune(seed, overrides, args.work) if args.child == "jointprune"
+                  else run_dense(seed, overrides, args.work, like_for_like=args.child == "like-for-like"))
+        print(json.dumps(result), flush=True)
+        return
     rows = []
-    CutTimer.install()
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            rows.append(run_pair(seed, overrides, Path(tmp)))
+            rows.append(run_seed(seed, args.quick, Path(tmp)))
             print(json.dumps(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))
@@ -259,12 +300,15 @@ def main() -> None:
           f"{cpu_ratio('dense_cpu_seconds'):.2f}x, vs like-for-like {cpu_ratio('dense_full_cpu_seconds'):.2f}x; per seed: "
           + ", ".join(f"{r['jp_cpu_seconds']:.1f} / {r['dense_cpu_seconds']:.1f} / {r['dense_full_cpu_seconds']:.1f} s"
                       for r in rows))
+    proc = lambda k: statistics.median(r["process_seconds"]["jointprune"] / r["process_seconds"][k] for r in rows)  # noqa: E731
+    print("\nWhole process (fresh interpreter, imports included), median over seeds: vs bare "
+          f"{proc('bare'):.2f}x, vs like-for-like {proc('like-for-like'):.2f}x; per seed: "
+          + ", ".join(" / ".join(f"{r['process_seconds'][k]:.1f}" for k in PROGRAMS) + " s" for r in rows))
     print("\n| where the time goes (median s) | " + " | ".join(f"seed {r['seed']}" for r in rows) + " | median |")
     print("|---|" + "---|" * (len(rows) + 1))
     for phase in rows[0]["phases"]:
         values = [r["phases"][phase] for r in rows]
         print(f"| {phase} | " + " | ".join(f"{v:.1f}" for v in values) + f" | {statistics.median(values):.1f} |")
-
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+"""experiments/benchmarks/bench_latency_model.py checks the latency model against measured
+sub-networks: a smoke check that it still runs against the library and reports, per sub-network,
+both timing passes and how far they moved apart."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "experiments" / "benchmarks" / "bench_latency_model.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCH.parent))  # it imports bench_latency_build from beside itself
+    try:
+        spec = importlib.util.spec_from_file_location("bench_latency_model", BENCH)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    return module
+
+
+def test_two_passes_per_subnetwork_and_their_drift(bench):
+    threads = torch.get_num_threads()
+    try:
+        r = bench.bench_model("cifar_resnet20", 16, batch=2, threads=1, subnets=2, runs=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(r["rows"]) == 2
+    for predicted, first, second, noise in r["rows"]:
+        assert 0.0 < predicted < 1.5  # latency is not monotone in channels: a ratio a little above 1 happens
+        assert first > 0 and second > 0 and noise >= 0
+    drifts = [abs(a - b) / ((a + b) / 2) for _, a, b, _ in r["rows"]]
+    assert r["max_drift"] == pytest.approx(max(drifts))
+    assert 0.0 <= r["median_drift"] <= r["max_drift"]
+    errors = [abs(p - (a + b) / 2) / ((a + b) / 2) for p, a, b, _ in r["rows"]]
+    assert r["max_err"] == pytest.approx(max(errors))  # the error is against the mean of both passes

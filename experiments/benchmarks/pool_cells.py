@@ -24,13 +24,13 @@ from bench_methods import t_interval
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def paired(stems: list[str], baseline: str) -> tuple[dict, int]:
+def paired(stems: list[str], baseline: str, results: Path = RESULTS) -> tuple[dict, int]:
     """{(stem, task, net, budget): [jointprune - baseline, in test top-1 points, per seed]}, and how
     many pairs failed the same-weights-and-batches check."""
     cells, unpaired = defaultdict(list), 0
     for stem in stems:
         runs = {}
-        for path in sorted((RESULTS / f"{stem}_runs").glob("*.json")):
+        for path in sorted((results / f"{stem}_runs").glob("*.json")):
             r = json.loads(path.read_text())
             runs[(r["task"], r["net"], r["budget"], r["method"], r["seed"])] = r
         for (task, net, budget, method, seed), jp in sorted(runs.items()):

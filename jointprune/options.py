@@ -97,10 +97,13 @@ class AgentOptions:
     # stochastic episodes (rounded down) asks for the incumbent's allocation with `refine_groups`
     # random groups' kept counts scaled by exp(N(0, refine_sigma^2)); the clipper keeps the episode
     # within budget. The policy's samples rarely land near the best allocation found, so without
-    # this the search never refines it (bench_agent.py). 0 turns it off. [ours]
+    # this the search never refines it (bench_agent.py). 0 turns it off. `refine_move`
+    # "transfer": each scaled group trades FLOPs with another random group; "scale": the last
+    # groups absorb the change (PruningEnvironment.rollout_near). [ours]
     refine_fraction: float = 0.5
     refine_groups: int = 3
     refine_sigma: float = 0.3
+    refine_move: str = "transfer"
 
 
 @dataclass

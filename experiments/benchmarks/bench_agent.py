@@ -142,7 +142,8 @@ def run_agent(env, reward, agent_opts: AgentOptions, env_opts: EnvReprOptions, e
             else:
                 policy = lambda s, det=det: float(sac.act(s, z, generator=gen, deterministic=det).reshape(-1)[0])  # noqa: E731
             if p < refine:
-                ep = env.rollout_near(best_kept, agent_opts.refine_groups, agent_opts.refine_sigma, gen)
+                ep = env.rollout_near(best_kept, agent_opts.refine_groups, agent_opts.refine_sigma, gen,
+                                      agent_opts.refine_move)
             else:
                 ep = env.rollout(policy)
             r = reward(ep.kept)
@@ -180,7 +181,7 @@ def random_search(env, reward, evaluations: int, seed: int, spread: float = 1.0,
             epoch, p = divmod(i, refine.episodes_per_epoch)
             near = p < refine_episodes(refine, epoch < refine.random_epochs, best_kept is not None)
         if near:
-            ep = env.rollout_near(best_kept, refine.refine_groups, refine.refine_sigma, gen)
+            ep = env.rollout_near(best_kept, refine.refine_groups, refine.refine_sigma, gen, refine.refine_move)
         else:
             ep = env.rollout(lambda s: float(g.uniform(lo, hi)))
         r = reward(ep.kept)

@@ -106,18 +106,38 @@ class PruningEnvironment:
         return self._walk(lambda state, centre: self.warp(float(policy(torch.from_numpy(state))), centre))
 
     def rollout_near(self, kept: Sequence[int], groups: int, sigma: float,
-                     generator: torch.Generator | None = None) -> Episode:
-        """An episode that asks for the allocation `kept`, with `groups` random groups' counts
-        scaled by exp(N(0, sigma^2)): a neighbour of it (the agent's local search around the
-        incumbent). The clipper keeps it within every budget, so later groups give or take what
-        the changed ones did; sigma 0 gives `kept` back exactly when it meets the budgets. The
-        replay stores the action that yields each step's ratio, as for the policy's episodes."""
-        noise = np.zeros(self.n)
-        chosen = torch.randperm(self.n, generator=generator)[:min(groups, self.n)].numpy()
-        noise[chosen] = sigma * torch.randn(len(chosen), generator=generator, dtype=torch.float64).numpy()
-        wanted = np.minimum(np.asarray(kept, dtype=np.float64) * np.exp(noise), self._sizes)
+                     generator: torch.Generator | None = None, move: str = "transfer") -> Episode:
+        """An episode that asks for a neighbour of the allocation `kept` (the agent's local search
+        around the incumbent): `groups` random groups' counts scaled by exp(N(0, sigma^2)).
+        move "transfer": each scaled group trades FLOPs with another random group, which takes the
+        most channels that keep the FLOPs at most the incumbent's, so the neighbour moves
+        capacity between two chosen groups. "scale": the other groups stay as they are, and the
+        clipper gives or takes the difference at the end of the walk (the last groups absorb
+        it). Either way the clipper keeps the episode within every budget, and sigma 0 gives
+        `kept` back exactly when it meets them. The replay stores the action that yields each
+        step's ratio, as for the policy's episodes."""
+        wanted = np.asarray(kept, dtype=np.float64).copy()
+        order = torch.randperm(self.n, generator=generator).numpy()
+        noise = sigma * torch.randn(min(groups, self.n), generator=generator, dtype=torch.float64).numpy()
+        if move == "transfer" and self.n > 1:
+            ceiling = self.flops(wanted)
+            for t, eps in enumerate(noise):
+                i, j = order[(2 * t) % self.n], order[(2 * t + 1) % self.n]
+                wanted[i] = np.clip(np.rint(wanted[i] * np.exp(eps)), 1, self._sizes[i])
+                wanted[j] = self._most_that_fit(wanted, j, ceiling)
+        else:
+            wanted[order[:len(noise)]] *= np.exp(noise)
+            wanted = np.minimum(wanted, self._sizes)
         ratios = 1.0 - wanted / self._sizes
         return self._walk(lambda state, centre, step=iter(ratios): float(next(step)))
+
+    def _most_that_fit(self, kept: np.ndarray, group: int, ceiling: float) -> float:
+        """The most channels of `group` (at least 1) with the others at `kept` and FLOPs <= ceiling."""
+        counts = np.arange(1, self._sizes[group] + 1)
+        trial = np.tile(kept, (len(counts), 1))
+        trial[:, group] = counts
+        fits = np.flatnonzero(self.flops(trial) <= ceiling * (1 + 1e-9))
+        return float(counts[fits[-1]]) if len(fits) else 1.0
 
     def _walk(self, ratio_for: Callable[[np.ndarray, float | None], float]) -> Episode:
         """One episode: at each group, `ratio_for(state, centre)` gives the removal ratio asked for,

@@ -80,6 +80,9 @@ def check_agent_options(opts) -> None:
     if isinstance(opts.refine_sigma, bool) or not opts.refine_sigma >= 0:
         raise JointPruneError(f"model.agent.refine_sigma must be >= 0 (the spread of the log kept counts), "
                               f"got {opts.refine_sigma!r}.")
+    if opts.refine_move not in ("transfer", "scale"):
+        raise JointPruneError(f"model.agent.refine_move must be 'transfer' (a scaled group trades FLOPs with another) "
+                              f"or 'scale' (the last groups absorb the change), got {opts.refine_move!r}.")
     if isinstance(opts.random_spread, bool) or not 0.0 < opts.random_spread <= 1.0:
         raise JointPruneError(f"model.agent.random_spread must be in (0, 1] (the middle fraction of the action "
                               f"range random actions are drawn from), got {opts.random_spread!r}.")

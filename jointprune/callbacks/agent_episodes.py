@@ -226,7 +226,8 @@ class AgentEpisodes(L.Callback):
         """A neighbour of the incumbent (PruningEnvironment.rollout_near), drawn on rank 0 and
         broadcast like every episode."""
         o = pm.agent_opts
-        episode = pm.environment.rollout_near(pm.incumbent_kept, o.refine_groups, o.refine_sigma, pm.agent_generator)
+        episode = pm.environment.rollout_near(pm.incumbent_kept, o.refine_groups, o.refine_sigma,
+                                               pm.agent_generator, o.refine_move)
         return broadcast_object(episode)
 
     def _rollout(self, pm, z: torch.Tensor, random: bool, deterministic: bool = False):

@@ -189,7 +189,8 @@ def test_centred_random_episodes_squeeze_the_last_groups_less(resnet20_internal)
     assert plain > 0.5 and centred < plain / 2, (plain, centred)
 
 
-def test_a_neighbour_of_the_incumbent_changes_a_few_groups_and_meets_the_budget(resnet20_internal):
+@pytest.mark.parametrize("move", ["transfer", "scale"])
+def test_a_neighbour_of_the_incumbent_changes_a_few_groups_and_meets_the_budget(resnet20_internal, move):
     """rollout_near, the agent's local search: sigma 0 gives the allocation back exactly; with
     noise, the asked-for groups move, the clipper keeps every episode within budget, and the
     recorded actions lie in the agent's action range (the replay learns from them as from the
@@ -198,14 +199,38 @@ def test_a_neighbour_of_the_incumbent_changes_a_few_groups_and_meets_the_budget(
     env = PruningEnvironment(st, fm, BudgetClipper(fm, 0.5), centred=True)
     incumbent = env.uniform_under_budget()
     g = torch.Generator().manual_seed(0)
-    assert env.rollout_near(incumbent, 3, 0.0, g).kept == incumbent
+    assert env.rollout_near(incumbent, 3, 0.0, g, move).kept == incumbent
     changed = []
     for _ in range(20):
-        ep = env.rollout_near(incumbent, 2, 0.5, g)
+        ep = env.rollout_near(incumbent, 2, 0.5, g, move)
         assert ep.flops <= fm.dense * 0.5 + 1e-6
         changed.append(sum(a != b for a, b in zip(ep.kept, incumbent)))
         assert 0.0 <= float(ep.actions.min()) and float(ep.actions.max()) <= env.clipper.rule.max_ratio + 1e-6
-    assert 0 < np.median(changed) <= 4 and max(changed) < len(incumbent), changed  # a neighbour, not a new draw
-    again = env.rollout_near(incumbent, 2, 0.5, torch.Generator().manual_seed(0))
-    first = env.rollout_near(incumbent, 2, 0.5, torch.Generator().manual_seed(0))
+    # a neighbour, not a new draw: the asked-for groups (two per trade) and the last ones the clipper fills
+    assert 0 < np.median(changed) <= {"transfer": 5, "scale": 4}[move] and max(changed) < len(incumbent), changed
+    again = env.rollout_near(incumbent, 2, 0.5, torch.Generator().manual_seed(0), move)
+    first = env.rollout_near(incumbent, 2, 0.5, torch.Generator().manual_seed(0), move)
     assert again.kept == first.kept  # drawn from the generator only (resume and DDP ranks agree)
+
+
+def test_a_transfer_moves_capacity_between_two_groups_at_the_incumbents_flops(resnet20_internal):
+    """move "transfer": one scaled group and its partner change, the partner taking the most
+    channels that keep the FLOPs at most the incumbent's, so the rest of the allocation stays as
+    it was (but for the last group, where the clipper spends what the trade left of the budget),
+    unlike "scale", where the last groups absorb the whole change."""
+    st, fm = resnet20_internal
+    env = PruningEnvironment(st, fm, BudgetClipper(fm, 0.5), centred=True)
+    incumbent = env.uniform_under_budget()
+    last = len(incumbent) - 1
+    g = torch.Generator().manual_seed(1)
+    traded = 0
+    for _ in range(30):
+        ep = env.rollout_near(incumbent, 1, 0.4, g, "transfer")
+        assert ep.flops <= fm.dense * 0.5 + 1e-6
+        diff = [i for i, (a, b) in enumerate(zip(ep.kept, incumbent)) if a != b and i != last]
+        assert len(diff) <= 2, diff  # a trade is between two groups
+        if len(diff) == 2:
+            traded += 1
+            i, j = diff
+            assert (ep.kept[i] - incumbent[i]) * (ep.kept[j] - incumbent[j]) < 0  # one gains what the other gives
+    assert traded >= 10, traded

@@ -147,7 +147,8 @@ def test_a_random_spread_outside_its_range_is_one_sentence(spread):
                                                  ("refine_fraction", -0.1, r"in \[0, 1\]"),
                                                  ("refine_groups", 0, r"an integer >= 1"),
                                                  ("refine_groups", 1.5, r"an integer >= 1"),
-                                                 ("refine_sigma", -0.3, r">= 0")])
+                                                 ("refine_sigma", -0.3, r">= 0"),
+                                                 ("refine_move", "swap", r"'transfer' .* or 'scale'")])
 def test_bad_refine_options_are_one_sentence(field, value, allowed):
     from jointprune.agent.training import check_agent_options
     from jointprune.errors import JointPruneError

@@ -197,14 +197,10 @@ def run_dense(seed: int, overrides: list[str], work: Path, like_for_like: bool) 
     L.seed_everything(seed)
     cnn = getattr(importlib.import_module(module_name), cls_name)(**init)
     dense = DenseModule(cnn, cli.model.optim, cli.trainer.max_epochs, dm.num_classes)
-    if like_for_like:
-        trainer = L.Trainer(max_epochs=cli.trainer.max_epochs, accelerator="cpu", logger=False,
-                            default_root_dir=str(work / f"dense{seed}"), enable_progress_bar=False,
-                            enable_model_summary=False, callbacks=[ModelCheckpoint(save_last=True, save_top_k=1)])
-    else:
-        trainer = L.Trainer(max_epochs=cli.trainer.max_epochs, accelerator="cpu", logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            limit_val_batches=0)
+    variant = (dict(default_root_dir=str(work / f"dense{seed}"), callbacks=[ModelCheckpoint(save_last=True, save_top_k=1)])
+               if like_for_like else dict(enable_checkpointing=False, limit_val_batches=0))
+    trainer = L.Trainer(max_epochs=cli.trainer.max_epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, **variant)
     timer = PhaseTimer()
     trainer.callbacks.insert(0, timer)
     start, cpu = time.perf_counter(), time.process_time()

@@ -21,9 +21,10 @@ from bench_methods import t_interval
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def runs(stem: str, method: str) -> dict:
+def runs(stem: str, method: str, results: Path = RESULTS) -> dict:
+    """{(task, net, budget, seed): run} of `method` in the stem's run files."""
     out = {}
-    for path in sorted((RESULTS / f"{stem}_runs").glob(f"*-{method}-s*.json")):
+    for path in sorted((results / f"{stem}_runs").glob(f"*-{method}-s*.json")):
         r = json.loads(path.read_text())
         out[(r["task"], r["net"], r["budget"], r["seed"])] = r
     return out

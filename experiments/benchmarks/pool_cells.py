@@ -14,14 +14,12 @@ and counted.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
 from bench_methods import t_interval
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from compare_stems import RESULTS, runs
 
 
 def paired(stems: list[str], baseline: str, results: Path = RESULTS) -> tuple[dict, int]:
@@ -29,18 +27,15 @@ def paired(stems: list[str], baseline: str, results: Path = RESULTS) -> tuple[di
     many pairs failed the same-weights-and-batches check."""
     cells, unpaired = defaultdict(list), 0
     for stem in stems:
-        runs = {}
-        for path in sorted((results / f"{stem}_runs").glob("*.json")):
-            r = json.loads(path.read_text())
-            runs[(r["task"], r["net"], r["budget"], r["method"], r["seed"])] = r
-        for (task, net, budget, method, seed), jp in sorted(runs.items()):
-            base = runs.get((task, net, budget, baseline, seed))
-            if method != "jointprune" or base is None:
+        base = runs(stem, baseline, results)
+        for (task, net, budget, seed), jp in sorted(runs(stem, "jointprune", results).items()):
+            other = base.get((task, net, budget, seed))
+            if other is None:
                 continue
-            if (jp.get("init_hash"), jp.get("data_hash")) != (base.get("init_hash"), base.get("data_hash")):
+            if (jp.get("init_hash"), jp.get("data_hash")) != (other.get("init_hash"), other.get("data_hash")):
                 unpaired += 1
                 continue
-            cells[(stem, task, net, budget)].append(100 * (jp["test_acc"] - base["test_acc"]))
+            cells[(stem, task, net, budget)].append(100 * (jp["test_acc"] - other["test_acc"]))
     return cells, unpaired
 
 

@@ -1,20 +1,12 @@
 """experiments/benchmarks/bench_agent.py builds its landscapes on the real environment: a smoke
 check that it still runs against the library (its known optimum is 1 and meets the budget)."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "experiments" / "benchmarks" / "bench_agent.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_agent", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("bench_agent")
 
 
 @pytest.mark.parametrize("name", ["keep_early", "hidden"])

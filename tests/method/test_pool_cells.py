@@ -1,25 +1,14 @@
 """experiments/benchmarks/pool_cells.py pairs jointprune with a baseline by cell and seed across
 stems, and leaves out pairs that did not start from the same weights and batches."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "experiments" / "benchmarks" / "pool_cells.py"
-
 
 @pytest.fixture(scope="module")
-def pool():
-    sys.path.insert(0, str(BENCH.parent))  # it imports bench_methods from beside itself
-    try:
-        spec = importlib.util.spec_from_file_location("pool_cells", BENCH)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH.parent))
-    return module
+def pool(load_benchmark):
+    return load_benchmark("pool_cells")
 
 
 def _run(folder: Path, method: str, seed: int, acc: float, budget=0.5, init="w", data="d"):

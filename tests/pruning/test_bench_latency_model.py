@@ -1,26 +1,13 @@
 """experiments/benchmarks/bench_latency_model.py checks the latency model against measured
 sub-networks: a smoke check that it still runs against the library and reports, per sub-network,
 both timing passes and how far they moved apart."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "experiments" / "benchmarks" / "bench_latency_model.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCH.parent))  # it imports bench_latency_build from beside itself
-    try:
-        spec = importlib.util.spec_from_file_location("bench_latency_model", BENCH)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH.parent))
-    return module
+def bench(load_benchmark):
+    return load_benchmark("bench_latency_model")
 
 
 def test_two_passes_per_subnetwork_and_their_drift(bench):

@@ -24,6 +24,7 @@ from .agent import EnvironmentRepresentation, ReplayBuffer, RewardDecoder, SoftA
 from .agent.episode import STATE_DIM, PruningEnvironment
 from .agent.training import check_agent_options
 from .errors import JointPruneError
+from .utils.memory_format import check_memory_format, to_memory_format
 from .models.checks import check_exportable, check_outputs
 from .options import (AgentOptions, AlignmentOptions, ClusterOptions, EnvReprOptions, ExportOptions,
                       LatencyOptions, OptimOptions, PruningOptions, RewardOptions, ScheduleOptions, resolve_epoch)
@@ -94,6 +95,7 @@ class JointPruneModule(L.LightningModule):
         if flops_budget is None:  # alone, a latency budget is the only limit
             flops_budget = 0.5 if latency_budget is None else 1.0
         check_budget(flops_budget)
+        check_memory_format(_as(OptimOptions, optim).memory_format)
         pruning, alignment, optim = _as(PruningOptions, pruning), _as(AlignmentOptions, alignment), _as(OptimOptions, optim)
         schedule, agent, env_repr = _as(ScheduleOptions, schedule), _as(AgentOptions, agent), _as(EnvReprOptions, env_repr)
         reward, export = _as(RewardOptions, reward), _as(ExportOptions, export)
@@ -169,6 +171,9 @@ class JointPruneModule(L.LightningModule):
             setattr(self, f"{split}_acc", MulticlassAccuracy(self.num_classes, average="micro", validate_args=False))
         self.ignore_agent_in_ddp()
         self.attach_latency_budget()
+        # after the start's export capture and latency tables (both of the default layout), and
+        # before the optimizer and any DDP wrapper see the parameters
+        to_memory_format(self.cnn, self.optim.memory_format)
         self.engine_ready = True
 
     def attach_latency_budget(self) -> None:

@@ -8,13 +8,17 @@ share of the epoch time, and the total wall time of the jointprune run against e
 then where the jointprune run's wall time goes (dense epochs before the cut, agent, the test and
 val passes at the cut, pruned epochs, validation, end of fit) next to the references' epochs.
 
-The two references, so that like is compared with like:
+The references, so that like is compared with like:
 * "bare": the training loop alone (no validation, no checkpoints, no test): a floor no real run
   reaches, and what earlier versions of this script compared against;
 * "like-for-like": what a user's dense run of the same config costs: the config's Trainer
   settings (validation every epoch with the sanity check, ModelCheckpoint save_last + top-1
   every epoch) and one test pass at the end, as the jointprune run does (its final report tests
-  the network; it also validates and tests at the cut, times latency and writes the export).
+  the network; it also validates and tests at the cut, times latency and writes the export);
+* "like-for-like-cl": the same with the conv weights in channels_last, the layout jointprune
+  trains in by default (`model.optim.memory_format`): a plain Lightning run trains contiguous,
+  so like-for-like is what a user pays without jointprune, and like-for-like-cl isolates the
+  method's own cost.
 Each program runs in a fresh Python process, as a user's run does: every one loads its own data
 and pays its own first calls (kernel set-up, torch.export's warm-up). Run in one process, the
 program that came first paid those for the others, and the data set up by the jointprune run was
@@ -49,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 from jointprune.cli import JointPruneCLI  # noqa: E402
 from jointprune.callbacks.subnet_extraction import SubnetExtraction  # noqa: E402
 from jointprune.module import JointPruneModule  # noqa: E402
+from jointprune.utils.memory_format import to_memory_format  # noqa: E402
 
 
 class CutTimer:
@@ -184,11 +189,12 @@ def run_jointprune(seed: int, overrides: list[str], work: Path) -> dict:
     }
 
 
-def run_dense(seed: int, overrides: list[str], work: Path, like_for_like: bool) -> dict:
+def run_dense(seed: int, overrides: list[str], work: Path, like_for_like: bool, layout: str = "contiguous") -> dict:
     """A dense reference: the quickstart's CNN class and arguments, freshly initialised with the
     same seed, its data, optimiser and epochs. Bare: the training loop alone; like-for-like: the
     config's Trainer settings (validation each epoch, last + top-1 checkpoints every epoch) and a
-    final test pass, as a user's dense run would have."""
+    final test pass, as a user's dense run would have. `layout`: the conv weights' memory format
+    while training (a plain Lightning run trains contiguous; jointprune in channels_last)."""
     cli = quickstart_cli(seed, overrides, work)
     cnn_config = cli.config["model"]["cnn"]
     dm = cli.datamodule  # set up inside the timed fit, as in the jointprune run
@@ -196,6 +202,7 @@ def run_dense(seed: int, overrides: list[str], work: Path, like_for_like: bool) 
     module_name, _, cls_name = cnn_config["class_path"].rpartition(".")
     L.seed_everything(seed)
     cnn = getattr(importlib.import_module(module_name), cls_name)(**init)
+    to_memory_format(cnn, layout)
     dense = DenseModule(cnn, cli.model.optim, cli.trainer.max_epochs, dm.num_classes)
     variant = (dict(default_root_dir=str(work / f"dense{seed}"), callbacks=[ModelCheckpoint(save_last=True, save_top_k=1)])
                if like_for_like else dict(enable_checkpointing=False, limit_val_batches=0))
@@ -214,7 +221,10 @@ def run_dense(seed: int, overrides: list[str], work: Path, like_for_like: bool) 
             "validation": timer.val, "rest": seconds - sum(timer.epoch.values()) - timer.val}
 
 
-PROGRAMS = ("jointprune", "bare", "like-for-like")
+# like-for-like-cl: the like-for-like run with its conv weights in channels_last, the layout
+# jointprune trains in by default (model.optim.memory_format), so that the ratio against it is the
+# method's own cost and the ratio against like-for-like what a user pays over a plain dense run
+PROGRAMS = ("jointprune", "bare", "like-for-like", "like-for-like-cl")
 
 
 def run_child(program: str, seed: int, quick: bool, work: Path) -> dict:
@@ -232,7 +242,7 @@ def run_child(program: str, seed: int, quick: bool, work: Path) -> dict:
 def run_seed(seed: int, quick: bool, work: Path) -> dict:
     order = PROGRAMS if seed % 2 == 0 else PROGRAMS[::-1]
     out = {program: run_child(program, seed, quick, work) for program in order}
-    jp, bare, full = out["jointprune"], out["bare"], out["like-for-like"]
+    jp, bare, full, full_cl = out["jointprune"], out["bare"], out["like-for-like"], out["like-for-like-cl"]
     phases = dict(jp.pop("phases"))
     phases.update({
         "dense reference: epochs before the cut": bare["epochs_before_cut"],
@@ -243,6 +253,8 @@ def run_seed(seed: int, quick: bool, work: Path) -> dict:
     return dict(jp, seed=seed, order=list(order), dense_test_acc=bare["test_acc"], dense_full_test_acc=full["test_acc"],
                 dense_seconds=bare["seconds"], dense_full_seconds=full["seconds"],
                 dense_cpu_seconds=bare["cpu_seconds"], dense_full_cpu_seconds=full["cpu_seconds"],
+                dense_full_cl_seconds=full_cl["seconds"], dense_full_cl_cpu_seconds=full_cl["cpu_seconds"],
+                dense_full_cl_test_acc=full_cl["test_acc"],
                 process_seconds={k: v["process_seconds"] for k, v in out.items()}, phases=phases)
 
 
@@ -262,7 +274,8 @@ def main() -> None:
                          "--model.schedule.agent_until", "3", "--model.schedule.extract_at", "3"]
         seed = args.seeds[0]
         result = (run_jointprune(seed, overrides, args.work) if args.child == "jointprune"
-                  else run_dense(seed, overrides, args.work, like_for_like=args.child == "like-for-like"))
+                  else run_dense(seed, overrides, args.work, like_for_like=args.child.startswith("like-for-like"),
+                                 layout="channels_last" if args.child == "like-for-like-cl" else "contiguous"))
         print(json.dumps(result), flush=True)
         return
     rows = []
@@ -296,6 +309,10 @@ def main() -> None:
           f"{cpu_ratio('dense_cpu_seconds'):.2f}x, vs like-for-like {cpu_ratio('dense_full_cpu_seconds'):.2f}x; per seed: "
           + ", ".join(f"{r['jp_cpu_seconds']:.1f} / {r['dense_cpu_seconds']:.1f} / {r['dense_full_cpu_seconds']:.1f} s"
                       for r in rows))
+    print("\nAgainst the like-for-like dense run in channels_last (jointprune's training layout; the method's own "
+          f"cost), median over seeds: wall {ratio('dense_full_cl_seconds'):.2f}x, CPU {cpu_ratio('dense_full_cl_cpu_seconds'):.2f}x; "
+          "per seed wall / CPU s: " + ", ".join(f"{r['dense_full_cl_seconds']:.1f} / {r['dense_full_cl_cpu_seconds']:.1f}"
+                                                for r in rows))
     proc = lambda k: statistics.median(r["process_seconds"]["jointprune"] / r["process_seconds"][k] for r in rows)  # noqa: E731
     print("\nWhole process (fresh interpreter, imports included), median over seeds: vs bare "
           f"{proc('bare'):.2f}x, vs like-for-like {proc('like-for-like'):.2f}x; per seed: "

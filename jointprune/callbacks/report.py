@@ -34,7 +34,8 @@ def cpu_latencies_ms(models: dict, input_shape, batch: int = 64, runs: int = 3) 
     """Median CPU latency per model, the runs interleaved (a, b, a, b, ...) after one warm-up
     each, so drift on a busy machine hits every model alike with fewer runs in all."""
     import copy
-    live = {k: copy.deepcopy(m).cpu().eval() for k, m in models.items() if m is not None}
+    live = {k: copy.deepcopy(m).to("cpu", memory_format=torch.contiguous_format).eval()
+            for k, m in models.items() if m is not None}
     x = torch.randn(batch, *input_shape)
     times = {k: [] for k in live}
     for m in live.values():

@@ -16,6 +16,7 @@ from ..errors import JointPruneError
 from ..pruning.align import removed_mass
 from ..pruning.export import CLAIM, check_export_dir
 from ..pruning.extract import cut_in_place, prune_keeping_momentum
+from ..utils.memory_format import to_memory_format
 from .report import baseline_summary, evaluate, final_report, log_width_plot, print_final_table, width_plot_png
 
 
@@ -23,6 +24,7 @@ def extract_in_place(pm, optimizer) -> None:
     """Cut the live CNN to the incumbent on its own dependency graph; SGD momentum is sliced to
     the kept channels."""
     prune_keeping_momentum(pm.cnn, optimizer, lambda: cut_in_place(pm.structure, pm.incumbent_masks))
+    to_memory_format(pm.cnn, pm.optim.memory_format, optimizer)  # the surgery's new tensors, and their momentum
     pm.extracted = True
 
 
@@ -84,6 +86,7 @@ class SubnetExtraction(L.Callback):
                                   "let the joint phase run for at least one epoch.")
         if not pm.extracted:
             self._extract(trainer, pm, trainer.current_epoch)
+        to_memory_format(pm.cnn, "contiguous")  # the network the user gets, timed and exported as deployed
         for name, p in pm.cnn.named_parameters():
             if not torch.isfinite(p).all():
                 raise JointPruneError(f"parameter {name} holds NaN or infinite values at the end of fit; "

@@ -413,7 +413,8 @@ def measure_pair(dense: nn.Module, pruned: nn.Module, input_shape, device: torch
     """The dense and the pruned network timed back to back (alternating which goes first), so that
     load from other processes hits both sides of each ratio alike. `noise` is a robust standard
     deviation (1.4826 x MAD) of the per-pair ratios."""
-    nets = [copy.deepcopy(m).to(device).eval() for m in (dense, pruned)]
+    # the default layout, as deployed (a live network may be training in channels_last)
+    nets = [copy.deepcopy(m).to(device, memory_format=torch.contiguous_format).eval() for m in (dense, pruned)]
     x = torch.randn(batch, *input_shape, device=device)
     times: list[list[float]] = [[], []]
     with pinned_threads(threads), torch.no_grad():

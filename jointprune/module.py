@@ -95,8 +95,8 @@ class JointPruneModule(L.LightningModule):
         if flops_budget is None:  # alone, a latency budget is the only limit
             flops_budget = 0.5 if latency_budget is None else 1.0
         check_budget(flops_budget)
-        check_memory_format(_as(OptimOptions, optim).memory_format)
         pruning, alignment, optim = _as(PruningOptions, pruning), _as(AlignmentOptions, alignment), _as(OptimOptions, optim)
+        check_memory_format(optim.memory_format)
         schedule, agent, env_repr = _as(ScheduleOptions, schedule), _as(AgentOptions, agent), _as(EnvReprOptions, env_repr)
         reward, export = _as(RewardOptions, reward), _as(ExportOptions, export)
         cluster = _as(ClusterOptions, cluster)

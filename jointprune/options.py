@@ -46,7 +46,7 @@ class OptimOptions:
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of max_epochs
     gamma: float = 0.1
     # layout of the conv weights (and so of the activations) while training: on CPU channels_last
-    # steps 10-30 % faster (experiments/benchmarks/bench_memory_format.py); the export and the
+    # steps up to 30 % faster (experiments/benchmarks/bench_memory_format.py); the export and the
     # latency report use the default layout either way [ours]
     memory_format: Literal["channels_last", "contiguous"] = "channels_last"
 

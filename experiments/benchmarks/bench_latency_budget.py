@@ -190,7 +190,6 @@ def residuals(rows, name) -> list[float]:
     """Top-1 of each latency-budgeted run minus the FLOPs budget's curve at its measured latency,
     the curve being the least-squares line of top-1 on measured latency through all of the
     model's FLOPs-budgeted runs (every budget and seed): one comparison that uses every run."""
-    import numpy as np
     done = [r for r in rows if r["model"] == name and "refused" not in r]
     points = [(r[f"{k}_ratio"], r[f"{k}_acc"]) for r in done for k in ("flo", "flo2") if f"{k}_acc" in r]
     if len(points) < 3:

@@ -2,8 +2,8 @@
 
 Times one full training step (forward, cross-entropy, backward, SGD with momentum and weight
 decay) at batch 64 with the conv weights contiguous (NCHW) against channels_last (NHWC), for the
-dense network and for it pruned to half its FLOPs (one common ratio over the internal groups, cut
-with our extraction), as the two phases of a run train. The two layouts of one network run
+dense network and for it pruned to half its FLOPs (the uniform allocation over the internal groups,
+cut with our extraction), as the two phases of a run train. The two layouts of one network run
 interleaved (A, B, A, B, ...) in one process, so load from other processes hits both alike; the
 table gives median ms per step and the median of the per-round ratios (< 1: channels_last is
 faster).
@@ -26,7 +26,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from jointprune.models import create_model  # noqa: E402
-from jointprune.pruning import ChannelStructure, FlopsModel, KeepRule, group_importance, top_k_masks  # noqa: E402
+from jointprune.agent.episode import PruningEnvironment  # noqa: E402
+from jointprune.pruning import BudgetClipper, ChannelStructure, FlopsModel, group_importance, top_k_masks  # noqa: E402
 from jointprune.pruning.extract import extract_subnetwork  # noqa: E402
 from jointprune.utils.memory_format import to_memory_format  # noqa: E402
 
@@ -34,15 +35,11 @@ SIDE = {"tv_resnet50": 64}  # ImageNet-style networks at a size a 2-core CPU can
 
 
 def half_flops(net, shape):
-    """The network cut to about half its FLOPs by one common ratio over its groups."""
+    """The network cut to the library's uniform allocation at half its FLOPs (the uniform
+    baseline: one common ratio over the groups, the last ones topped up to the budget)."""
     st = ChannelStructure(net, torch.zeros(1, *shape))
-    fm, rule = FlopsModel(st), KeepRule()
-    lo, hi = 0.0, rule.max_ratio
-    for _ in range(12):  # the common ratio whose FLOPs are closest to half from below
-        mid = (lo + hi) / 2
-        kept = [rule.keep(g.size, mid, g.multiple) for g in st.groups]
-        lo, hi = (lo, mid) if fm(kept) <= 0.5 * fm.dense else (mid, hi)
-    kept = [rule.keep(g.size, hi, g.multiple) for g in st.groups]
+    fm = FlopsModel(st)
+    kept = PruningEnvironment(st, fm, BudgetClipper(fm, 0.5)).uniform_under_budget()
     return extract_subnetwork(net, st, top_k_masks(group_importance(net, st, "l1"), kept))
 
 

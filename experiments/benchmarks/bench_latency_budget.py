@@ -77,12 +77,12 @@ def make_cnn(name: str, seed: int):
     return create_model(name, num_classes=10, **KWARGS.get(name, {}))
 
 
-def matched_flops_budget(name, input_shape, batch, threads, budget, coupled, max_ratio, runs) -> float:
+def matched_flops_budget(name, input_shape, batch, threads, budget, coupled, max_ratio, runs, round_to=1) -> float:
     """FLOPs fraction at which one common pruning ratio *measures* `budget` of the dense latency
     (bisection on the ratio; each step cuts the network uniformly and times it interleaved)."""
     cnn = make_cnn(name, 0).eval()
     st = ChannelStructure(cnn, torch.zeros(1, *input_shape), prune_coupled=coupled)
-    rule = KeepRule(max_ratio=max_ratio)
+    rule = KeepRule(max_ratio=max_ratio, round_to=round_to)
     fm = FlopsModel(st)
 
     def kept_at(r):
@@ -110,7 +110,7 @@ def run(name, seed, args, cache_dir, *, latency_budget=None, flops_budget=None, 
         model = JointPruneModule(
             make_cnn(name, seed), flops_budget=flops_budget, latency_budget=latency_budget,
             input_shape=dm.input_shape, num_classes=dm.num_classes, seed=seed,
-            pruning=PruningOptions(prune_coupled=args.prune_coupled, max_ratio=max_ratio),
+            pruning=PruningOptions(prune_coupled=args.prune_coupled, max_ratio=max_ratio, round_to=args.round_to),
             optim=OptimOptions(lr=LR.get(name, OptimOptions.lr)),
             # as the quickstart: a frozen epoch between the agent and the cut, in which the
             # alignment empties what the closed loop's last shrink removed
@@ -214,6 +214,7 @@ def main(argv=None) -> None:
     p.add_argument("--json", default=str(ROOT / "experiments/benchmarks/results/bench_latency_budget.json"))
     p.add_argument("--jobs", type=int, default=1, help="pairs of runs in parallel (processes)")
     p.add_argument("--max-ratio", type=float, default=0.8, help="model.pruning.max_ratio")
+    p.add_argument("--round-to", type=int, default=1, help="model.pruning.round_to, for every run and the uniform cuts of f(b)")
     p.add_argument("--max-ratio-cell", nargs="*", help="model:budget=max_ratio for one cell, e.g. cifar_resnet56:0.3=0.9")
     p.add_argument("--verify-rounds", type=int, default=3, help="model.latency.verify_rounds (0: no closed loop)")
     p.add_argument("--flops-budget-cell", nargs="*", help="model:budget=f: f(b) given, not measured again")
@@ -238,7 +239,7 @@ def main(argv=None) -> None:
             if (name, b) in matched:
                 continue
             matched[(name, b)] = matched_flops_budget(name, (3, args.resize, args.resize), args.batch, args.threads,
-                                                      b, args.prune_coupled, ratios[(name, b)], args.runs)
+                                                      b, args.prune_coupled, ratios[(name, b)], args.runs, args.round_to)
             print(f"{name} b={b}: f(b)={matched[(name, b)]:.3f} (max_ratio {ratios[(name, b)]})", flush=True)
         done = {(r["model"], r["budget"], r["seed"]) for r in rows}  # rows from --extra-rows are not run again
         jobs = [(name, b, seed, matched[(name, b)], ratios[(name, b)]) for name, b in cells for seed in args.seeds
@@ -256,6 +257,7 @@ def main(argv=None) -> None:
 
     print(f"\n### Latency budget (closed loop, verify_rounds {args.verify_rounds}) vs FLOPs budget at equal measured latency "
           f"(CPU, {args.threads} thread(s), batch {args.batch}, digits {args.resize}x{args.resize}, {args.epochs} epochs, "
+          f"round_to {args.round_to}, "
           f"seeds {args.seeds}; medians over seeds)\n")
     print("| model | latency budget | measured latency ratio | speed-up (goal >= 0.95/b) | test top-1 | shrink rounds "
           "| FLOPs f(b): latency, top-1 | FLOPs at the latency net's: latency, top-1 "

@@ -27,7 +27,7 @@ for even seeds, the reverse for odd ones), so drift on a shared machine hits all
 Times are of `Trainer.fit` (plus the test pass for like-for-like); the whole process, imports
 included, is reported beside them.
 
-    python experiments/benchmarks/bench_quickstart.py [--seeds 0 1 2] [--quick]
+    python experiments/benchmarks/bench_quickstart.py [--seeds 0 1 2] [--quick] [--against like-for-like-cl]
 """
 from __future__ import annotations
 
@@ -258,11 +258,39 @@ def run_seed(seed: int, quick: bool, work: Path) -> dict:
                 process_seconds={k: v["process_seconds"] for k, v in out.items()}, phases=phases)
 
 
+def against_one(reference: str, seeds: list[int], quick: bool, out: Path) -> None:
+    """Only jointprune and one dense reference per seed (order alternating by seed): twice the
+    seeds in the time of the full comparison, for a ratio a shared machine's drift blurs."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            order = ("jointprune", reference) if seed % 2 == 0 else (reference, "jointprune")
+            res = {program: run_child(program, seed, quick, Path(tmp)) for program in order}
+            rows.append({"seed": seed, "order": list(order), "reference": reference, **res})
+            print(json.dumps(rows[-1]), flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+    print(f"\n| seed | jointprune s (CPU s) | {reference} s (CPU s) | wall ratio | CPU ratio | test top-1 jointprune / {reference} "
+          "| jointprune: pruned epochs / dense epochs |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        jp, ref = r["jointprune"], r[reference]
+        ph = jp["phases"]
+        print(f"| {r['seed']} | {jp['jp_seconds']:.1f} ({jp['jp_cpu_seconds']:.1f}) | {ref['seconds']:.1f} ({ref['cpu_seconds']:.1f}) "
+              f"| {jp['jp_seconds'] / ref['seconds']:.2f}x | {jp['jp_cpu_seconds'] / ref['cpu_seconds']:.2f}x "
+              f"| {jp['jp_test_acc']:.4f} / {ref['test_acc']:.4f} "
+              f"| {ph['pruned epochs after the cut'] / ph['dense epochs before the cut']:.2f} |")
+    med = lambda f: statistics.median(f(r) for r in rows)  # noqa: E731
+    print(f"| median | | | {med(lambda r: r['jointprune']['jp_seconds'] / r[reference]['seconds']):.2f}x "
+          f"| {med(lambda r: r['jointprune']['jp_cpu_seconds'] / r[reference]['cpu_seconds']):.2f}x | | |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="a smoke run: 16x16 digits, 4 epochs")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "benchmarks" / "results" / "quickstart.json")
+    parser.add_argument("--against", choices=PROGRAMS[1:], help="run only jointprune and this reference per seed")
     parser.add_argument("--child", choices=PROGRAMS, help=argparse.SUPPRESS)  # one program, in this process
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -277,6 +305,9 @@ def main() -> None:
                   else run_dense(seed, overrides, args.work, like_for_like=args.child.startswith("like-for-like"),
                                  layout="channels_last" if args.child == "like-for-like-cl" else "contiguous"))
         print(json.dumps(result), flush=True)
+        return
+    if args.against:
+        against_one(args.against, args.seeds, args.quick, args.out)
         return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -43,6 +43,8 @@ def test_quickstart_as_shipped_runs_under_ddp_with_progress_bar_and_logger(tmp_p
     assert len(exports) == 1
     report = json.loads(exports[0].read_text())
     assert report["pruned_flops"] <= 0.5 * report["dense_flops"]
+    # the shipped config's round_to: 4 holds every kept count to a width the kernels run fast
+    assert all(g["kept"] % 4 == 0 or g["kept"] == g["dense"] for g in report["groups"]), report["groups"]
     # Training continued on the physically pruned network under DDP (re-wrapped after surgery).
     assert ranks[0]["cnn_params"] == report["pruned_params"]
     # The logger got the pruning summary of the agent epochs.

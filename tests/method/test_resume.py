@@ -51,9 +51,9 @@ def killed_past_extraction(tmp_path_factory):
 
 
 def test_resume_refuses_a_changed_budget(killed_past_extraction):
-    out = fit(killed_past_extraction, *PAST, "--ckpt_path", "last", "--model.flops_budget", "0.3", runner=call_cli)
+    out = fit(killed_past_extraction, *PAST, "--ckpt_path", "last", "--model.flops_budget", "0.4", runner=call_cli)
     assert out.returncode == 2
-    assert "model.flops_budget=0.5" in out.stderr and "0.3" in out.stderr and "Traceback" not in out.stderr
+    assert "model.flops_budget=0.5" in out.stderr and "0.4" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_resume_from_an_explicit_path_refuses_a_changed_schedule(killed_past_extraction):

@@ -188,5 +188,5 @@ class LatencyOptions:
     calibration_repeats: int = 7       # interleaved dense/small pairs for that (median ratio)
     cache_dir: Optional[str] = None    # default: $XDG_CACHE_HOME/jointprune or ~/.cache/jointprune
     cache: bool = True                 # False: measure every time, write nothing
-    verify_rounds: int = 3             # after the agent: measure the incumbent, shrink it while it misses (0: off)
+    verify_rounds: int = 3             # after the agent: measure the incumbent, shrink it while it misses, grow it back while well under (0: off)
     verify_repeats: int = 9            # interleaved dense/incumbent pairs per such measurement (median ratio)

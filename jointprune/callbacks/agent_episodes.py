@@ -206,18 +206,19 @@ class AgentEpisodes(L.Callback):
 
     def _verify_latency(self, trainer, pm) -> None:
         """After the agent's last epoch: the incumbent measured on the latency device and shrunk
-        until it meets the latency budget (callbacks/latency_verify.py); the summary shows it."""
+        until it meets the latency budget, or grown back while it measures well under
+        (callbacks/latency_verify.py); the summary shows it."""
         if not latency_verify.due(trainer, pm):
             return
         start = time.perf_counter()
         kept = list(pm.incumbent_kept)
         result = latency_verify.verify_incumbent(trainer, pm)
         stats = pm.epoch_stats
-        if pm.incumbent_kept != kept:  # a smaller incumbent: its reward and FLOPs are new
+        if pm.incumbent_kept != kept:  # a shrunk or grown incumbent: its reward and FLOPs are new
             with torch.no_grad():
                 pm.incumbent_reward = self.scorer(pm.cnn, pm.incumbent_masks, *pm.reward_calibration())
             stats["incumbent_reward"], stats["flops_ratio"] = pm.incumbent_reward, pm.flops_ratio()
-        last = result["rounds"][-1]
+        last = result["rounds"][result.get("accepted", -1)]  # the measurement of the network kept
         stats["latency_measured"], stats["latency_predicted"] = last["measured"], last["predicted"]
         stats["latency_rounds"] = float(len(result["rounds"]) - 1)
         stats["agent_seconds"] += time.perf_counter() - start

@@ -1,5 +1,5 @@
 """Closing the loop on the latency budget: measure the chosen sub-network, and shrink it until
-its *measured* latency meets the budget.
+its *measured* latency meets the budget, or grow it back while it measures well under.
 
 The latency model sums standalone layer timings; the whole network runs slower than that sum on
 CPU (memory traffic between layers, per-op dispatch, the adds and reshapes folded into `rest` at
@@ -16,6 +16,16 @@ ratio is above the budget it
    prediction meets the budget. Counts only go down, so FLOPs only go down.
 
 then measures again, for at most `rounds` corrections.
+
+**Growing back.** The model errs both ways, so a measurement can also come out well under the
+budget: the agent's pick, or the shrink's last step, leaves capacity unused (ResNet-56 at budget
+0.5 measured 0.42-0.45 with the model at 0.50; MobileNetV2, shrunk once, 0.46-0.48). While a met
+measurement sits under the budget by more than its noise and GROW_GAP of the budget, and rounds
+are left, the same correction aims at the budget from below: one common scale above the current
+one (counts may grow past the agent's, up to each group's full width), the largest whose
+corrected prediction meets the budget and whose counts `fits` accepts (every other budget, e.g.
+FLOPs). The grown network is measured; if it meets the budget it is the new incumbent, else the
+last met one is kept and the loop stops. `accepted` names the round whose network is returned.
 
 Why a factor, not an offset: the model's misses scale with the network. In
 `bench_latency_budget.py` (MobileNetV2 w0.5 and ResNet-56, digits 16x16, batch 64, one thread)
@@ -37,6 +47,9 @@ SCALE_STEPS = 400  # scales tried per correction (one batched model call)
 # A measurement within its noise of the budget counts as meeting it, but never by more than this
 # share of the budget, so that "met" always means a speed-up of at least 0.95 / budget.
 NOISE_ALLOWANCE = 0.05
+# Grow a met incumbent back only when it measures under the budget by more than its noise and this
+# share of the budget: closer than that, another measurement costs more than it can win.
+GROW_GAP = 0.05
 
 
 def within_budget(ratio: float, noise: float, budget: float) -> bool:
@@ -47,14 +60,19 @@ def within_budget(ratio: float, noise: float, budget: float) -> bool:
     return ratio <= budget + min(max(noise, 0.0), NOISE_ALLOWANCE * budget)
 
 
-def shrink(kept: Sequence[int], scale: float, candidates: Sequence[np.ndarray]) -> list[int]:
+def scaled(kept: Sequence[int], scale: float, candidates: Sequence[np.ndarray]) -> list[int]:
     """Each group's count times `scale`, snapped down to the largest allowed count at or below it
-    (the fewest allowed when none is), never above the count it started from."""
+    (the fewest allowed when none is; a group's full width is its largest allowed count)."""
     out = []
     for k, cands in zip(kept, candidates):
         i = int(np.searchsorted(cands, scale * k + 1e-9, side="right")) - 1
-        out.append(int(min(cands[max(i, 0)], k)))
+        out.append(int(cands[max(i, 0)]))
     return out
+
+
+def shrink(kept: Sequence[int], scale: float, candidates: Sequence[np.ndarray]) -> list[int]:
+    """`scaled`, never above the count it started from."""
+    return [min(s, int(k)) for s, k in zip(scaled(kept, scale, candidates), kept)]
 
 
 def corrected_target(budget: float, points: list[tuple[float, float]]) -> float:
@@ -86,32 +104,69 @@ def kept_for_target(model, kept: Sequence[int], candidates: Sequence[np.ndarray]
     return shrink(kept, s, candidates), s
 
 
+def grown_for_target(model, kept: Sequence[int], candidates: Sequence[np.ndarray], target: float,
+                     above_scale: float, fits: Callable[[list[int]], bool]):
+    """The largest scale above `above_scale` (up to every group at its full width) whose scaled
+    counts the model puts at or under `target` and `fits` accepts, with those counts; None when no
+    such scale changes the counts at `above_scale`."""
+    top = max(float(c[-1]) / max(int(k), 1) for k, c in zip(kept, candidates))
+    scales = np.linspace(above_scale, max(top, above_scale), SCALE_STEPS + 1)[1:]
+    batch = np.array([scaled(kept, s, candidates) for s in scales], dtype=np.float64)
+    ok = np.flatnonzero(np.asarray(model(batch)) / model.dense <= target)
+    now = scaled(kept, above_scale, candidates)
+    for i in ok[::-1]:  # the largest scale first
+        counts = [int(c) for c in batch[i]]
+        if counts == now:
+            return None
+        if fits(counts):
+            return counts, float(scales[i])
+    return None
+
+
 def verify_latency(model, kept: Sequence[int], candidates: Sequence[np.ndarray], budget: float, rounds: int,
-                   measure: Callable[[list[int]], dict]) -> dict:
-    """Measure `kept` and shrink it until the measured ratio meets `budget` (see the module
-    docstring). `measure(kept)` returns {"ratio", "noise"} of that sub-network against the dense
-    one. Returns {"kept", "rounds": [{round, scale, predicted, target, measured, noise}], "status"}
-    with status "met", "floor" (the fewest allowed counts measured above the budget) or "rounds"
-    (still above after `rounds` corrections)."""
+                   measure: Callable[[list[int]], dict], fits: Callable[[list[int]], bool] | None = None) -> dict:
+    """Measure `kept`, shrink it until the measured ratio meets `budget`, then grow it back while
+    it measures well under (see the module docstring). `measure(kept)` returns {"ratio", "noise"}
+    of that sub-network against the dense one; `fits(kept)` says whether counts meet every other
+    budget (default: any counts). Returns {"kept", "rounds": [{round, scale, predicted, target,
+    measured, noise, grown}], "status", "accepted"} with status "met", "floor" (the fewest allowed
+    counts measured above the budget) or "rounds" (still above after `rounds` corrections), and
+    `accepted` the index of the round whose network is `kept`."""
+    fits = fits or (lambda counts: True)
     current, scale, target = [int(k) for k in kept], 1.0, None
     floor = shrink(kept, 0.0, candidates)
     history: list[dict] = []
     points: list[tuple[float, float]] = []
+    best = None  # (round, counts) of the last network that met the budget
     for r in range(rounds + 1):
         predicted = float(model(np.asarray(current, dtype=np.float64)) / model.dense)
         m = measure(current)
+        ratio, noise = float(m["ratio"]), float(m["noise"])
         history.append({"round": r, "scale": scale, "predicted": predicted, "target": target,
-                        "measured": float(m["ratio"]), "noise": float(m["noise"])})
-        points.append((predicted, float(m["ratio"])))
-        if within_budget(float(m["ratio"]), float(m["noise"]), budget):
-            return {"kept": current, "rounds": history, "status": "met"}
+                        "measured": ratio, "noise": noise, "grown": best is not None})
+        points.append((predicted, ratio))
+        met = within_budget(ratio, noise, budget)
+        if best is not None and not met:  # grown too far: the last met network stays
+            break
+        if met:
+            best = (r, current)
+            if r == rounds or budget - ratio <= max(noise, GROW_GAP * budget):
+                break
+            target = corrected_target(budget, points)
+            step = grown_for_target(model, kept, candidates, target, scale, fits)
+            if step is None:
+                break
+            current, scale = step
+            continue
         if current == floor:
-            return {"kept": current, "rounds": history, "status": "floor"}
+            return {"kept": current, "rounds": history, "status": "floor", "accepted": r}
         if r == rounds:
             break
         target = corrected_target(budget, points)
         current, scale = kept_for_target(model, kept, candidates, target, below_scale=scale)
-    return {"kept": current, "rounds": history, "status": "rounds"}
+    if best is None:
+        return {"kept": current, "rounds": history, "status": "rounds", "accepted": len(history) - 1}
+    return {"kept": best[1], "rounds": history, "status": "met", "accepted": best[0]}
 
 
 def floor_sentence(budget: float, history: list[dict], device: str) -> str:

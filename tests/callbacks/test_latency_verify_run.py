@@ -1,5 +1,6 @@
-"""The closed latency loop inside a run: the incumbent measured (a stubbed slow device), shrunk,
-its masks rebuilt, and the loop recorded in pruned.json and the summary line."""
+"""The closed latency loop inside a run: the incumbent measured (a stubbed slow or fast device),
+shrunk or grown back within the FLOPs budget, its masks rebuilt, and the loop recorded in
+pruned.json and the summary line."""
 import json
 import sys
 from pathlib import Path
@@ -43,7 +44,7 @@ def slow_pair(model, overhead):
     return fake, seen
 
 
-def fake_run(kept, rounds, budget=0.8):
+def fake_run(kept, rounds, budget=0.8, flops_budget=1.0):
     cnn = Chain()
     structure = ChannelStructure(cnn, torch.zeros(1, 3, 8, 8))
     rule = KeepRule(max_ratio=0.75)
@@ -52,7 +53,7 @@ def fake_run(kept, rounds, budget=0.8):
     pm = SimpleNamespace(cnn=cnn, structure=structure, pruning=PruningOptions(), latency_model=lm,
                          latency_opts=LatencyOptions(verify_rounds=rounds, verify_repeats=3), latency_budget=budget,
                          input_shape=(3, 8, 8), incumbent_kept=list(kept), incumbent_masks=None,
-                         clipper=BudgetClipper(flops, 1.0, rule), epochs={"agent_until": 3})
+                         clipper=BudgetClipper(flops, flops_budget, rule), epochs={"agent_until": 3})
     trainer = SimpleNamespace(current_epoch=2, is_global_zero=True)
     return pm, trainer, flops
 
@@ -74,6 +75,21 @@ def test_the_incumbent_is_shrunk_until_the_slow_device_meets_the_budget(monkeypa
     assert [int(m.sum()) for m in pm.incumbent_masks] == pm.incumbent_kept
     out = capsys.readouterr().out
     assert out.count("[jointprune] latency check") == len(result["rounds"])
+
+
+def test_an_incumbent_measured_well_under_grows_back_within_the_flops_budget(monkeypatch, capsys):
+    pm, trainer, flops = fake_run([4, 6], rounds=3, flops_budget=0.9)
+    fake, seen = slow_pair(pm.latency_model, overhead=-0.15)  # the device runs faster than the model
+    monkeypatch.setattr(verify_mod, "measure_pair", fake)
+    result = verify_mod.verify_incumbent(trainer, pm)
+    assert result["status"] == "met" and result["accepted"] >= 1
+    kept_round = result["rounds"][result["accepted"]]
+    assert kept_round["grown"] and result["rounds"][0]["measured"] < kept_round["measured"] <= 0.8 + 0.01
+    assert all(a >= b for a, b in zip(pm.incumbent_kept, [4, 6])) and pm.incumbent_kept != [4, 6]
+    assert all(flops(k) <= 0.9 * flops.dense for k in seen)  # every grown network met the FLOPs budget
+    assert [int(m.sum()) for m in pm.incumbent_masks] == pm.incumbent_kept
+    out = capsys.readouterr().out
+    assert f"latency check {result['accepted']} (kept): grown" in out
 
 
 def test_verify_rounds_zero_is_off():
@@ -124,6 +140,7 @@ def test_a_run_records_the_loop_in_pruned_json(tmp_path, monkeypatch, capsys):
     report = json.loads((tmp_path / "export" / "pruned.json").read_text())
     assert report["latency_verify_status"] == "floor"
     assert [r["measured"] for r in report["latency_verify"]] == [0.99] * len(report["latency_verify"])
+    assert report["latency_verify_kept_round"] == len(report["latency_verify"]) - 1  # the floor, measured last
     assert "cannot be met" in report["latency_verify_note"] and report["latency_verify_seconds"] >= 0
     assert model.incumbent_kept == [int(c[0]) for c in model.clipper.candidates]  # cut to the floor
     out = capsys.readouterr().out

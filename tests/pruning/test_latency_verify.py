@@ -1,11 +1,12 @@
 """The closed latency loop on a cost model and a fake device: shrinking keeps the shape, only
-lowers counts, and stops when the *measured* ratio meets the budget."""
+lowers counts, and stops when the *measured* ratio meets the budget; a network measured well under
+the budget grows back toward it, within the other budgets, and never past a met measurement."""
 import numpy as np
 import pytest
 
 from jointprune.pruning import KeepRule
-from jointprune.pruning.latency_verify import (corrected_target, floor_sentence, kept_for_target, rounds_sentence,
-                                               shrink, verify_latency, within_budget)
+from jointprune.pruning.latency_verify import (GROW_GAP, corrected_target, floor_sentence, grown_for_target,
+                                               kept_for_target, rounds_sentence, shrink, verify_latency, within_budget)
 
 SIZES = [16, 32, 64, 64]
 RULE = KeepRule(max_ratio=0.8)
@@ -76,24 +77,83 @@ def test_a_slow_device_is_shrunk_until_the_measurement_meets_the_budget():
     assert result["status"] == "met"
     rounds = result["rounds"]
     assert rounds[0]["measured"] > budget  # it did miss at first
-    assert within_budget(rounds[-1]["measured"], rounds[-1]["noise"], budget) and len(rounds) >= 2
+    kept_round = rounds[result["accepted"]]
+    assert within_budget(kept_round["measured"], kept_round["noise"], budget) and len(rounds) >= 2
     new = result["kept"]
     assert all(a <= b for a, b in zip(new, kept))  # counts (hence FLOPs) only go down
     assert model(new) < model(kept)
     # the shape is kept: every group shrunk by about the same factor
     ratios = np.array(new) / np.array(kept)
     assert ratios.max() - ratios.min() < 0.2
-    assert calls[0] == list(kept) and calls[-1] == new
+    assert calls[0] == list(kept) and calls[result["accepted"]] == new
     # each round's prediction and target are recorded
     assert rounds[0]["target"] is None and all(r["target"] < budget for r in rounds[1:])
 
 
-def test_a_met_budget_is_measured_once_and_left_alone():
+def test_a_met_budget_within_the_growth_gap_is_measured_once_and_left_alone():
     model = Additive()
     kept = shrink(SIZES, 0.5, CANDS)
-    result = verify_latency(model, kept, CANDS, 0.99, rounds=3,
-                            measure=lambda k: {"ratio": 0.7, "noise": 0.01})
+    result = verify_latency(model, kept, CANDS, 0.72, rounds=3,
+                            measure=lambda k: {"ratio": 0.7, "noise": 0.01})  # under by 0.02 < 5 % of 0.72
+    assert 0.72 - 0.7 < GROW_GAP * 0.72
     assert result["status"] == "met" and result["kept"] == kept and len(result["rounds"]) == 1
+    assert result["accepted"] == 0
+
+
+def fast_device(model, factor):
+    """A device on which every sub-network measures `factor` times the model's ratio."""
+    calls = []
+
+    def measure(kept):
+        calls.append(list(kept))
+        return {"ratio": factor * float(model(kept) / model.dense), "noise": 0.005}
+    return measure, calls
+
+
+def test_a_network_measured_well_under_the_budget_grows_back_toward_it():
+    model = Additive()
+    budget = 0.6
+    kept, _ = kept_for_target(model, SIZES, CANDS, budget, below_scale=1.01)  # the model says: exactly fits
+    measure, calls = fast_device(model, 0.8)  # ... and the device runs it at 0.8 of that
+    result = verify_latency(model, kept, CANDS, budget, rounds=3, measure=measure)
+    rounds = result["rounds"]
+    assert result["status"] == "met" and rounds[0]["measured"] < budget - GROW_GAP * budget
+    assert result["accepted"] >= 1 and rounds[result["accepted"]]["grown"]
+    grown = result["kept"]
+    assert all(a >= b for a, b in zip(grown, kept)) and model(grown) > model(kept)  # counts only went up
+    final = rounds[result["accepted"]]["measured"]
+    assert rounds[0]["measured"] < final and within_budget(final, 0.005, budget)  # closer to the budget, within it
+
+
+def test_growth_stays_within_the_other_budgets():
+    model = Additive()
+    kept = shrink(SIZES, 0.5, CANDS)
+    measure, calls = fast_device(model, 0.5)
+    result = verify_latency(model, kept, CANDS, 0.9, rounds=3, measure=measure, fits=lambda k: sum(k) <= sum(kept) + 4)
+    assert sum(result["kept"]) <= sum(kept) + 4 and all(sum(c) <= sum(kept) + 4 for c in calls)
+    assert sum(result["kept"]) > sum(kept)  # it did grow, as far as the other budget lets it
+    # with no room at all under the other budget nothing is grown or measured again
+    none = verify_latency(model, kept, CANDS, 0.9, rounds=3, measure=measure, fits=lambda k: list(k) == list(kept))
+    assert none["kept"] == kept and len(none["rounds"]) == 1
+
+
+def test_a_grown_network_that_misses_is_dropped_for_the_last_met_one():
+    model = Additive()
+    kept = shrink(SIZES, 0.5, CANDS)
+
+    def measure(k):  # the incumbent measures well under 0.8; anything bigger measures over it
+        return {"ratio": 0.5 if list(k) == kept else 0.95, "noise": 0.01}
+    result = verify_latency(model, kept, CANDS, 0.8, rounds=3, measure=measure)
+    assert result["status"] == "met" and result["kept"] == kept and result["accepted"] == 0
+    assert len(result["rounds"]) == 2 and result["rounds"][1]["grown"] and result["rounds"][1]["measured"] > 0.8
+
+
+def test_grown_for_target_can_pass_the_agents_counts_up_to_full_width():
+    model = Additive()
+    kept = [8, 16, 32, 32]
+    counts, scale = grown_for_target(model, kept, CANDS, 1.0, 1.0, fits=lambda k: True)
+    assert counts == SIZES and scale >= 2.0  # the whole network fits a target of 1.0
+    assert grown_for_target(model, SIZES, CANDS, 1.0, 1.0, fits=lambda k: True) is None  # nothing left to grow
 
 
 def test_within_the_noise_counts_as_met_but_never_by_more_than_five_percent():

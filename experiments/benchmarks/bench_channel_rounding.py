@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere
@@ -34,7 +32,12 @@ from jointprune.models import create_model  # noqa: E402
 from jointprune.pruning import BudgetClipper, ChannelStructure, FlopsModel, group_importance, top_k_masks  # noqa: E402
 from jointprune.pruning.budget import KeepRule  # noqa: E402
 from jointprune.pruning.extract import extract_subnetwork  # noqa: E402
-from bench_memory_format import stepper  # noqa: E402
+from bench_memory_format import interleaved, stepper  # noqa: E402
+
+
+def mean(values) -> float:
+    return sum(values) / len(values)
+
 
 ROUNDINGS = (1, 2, 4, 8)
 
@@ -74,20 +77,6 @@ def infer_stepper(net, x):
     return step
 
 
-def interleaved(steppers: dict, rounds: int) -> dict:
-    """Median seconds per program and per-round ratios to the "dense" program, the programs
-    interleaved (order reversed every other round)."""
-    times = {k: [] for k in steppers}
-    keys = list(steppers)
-    for r in range(rounds):
-        for k in (keys if r % 2 == 0 else keys[::-1]):
-            start = time.perf_counter()
-            steppers[k]()
-            times[k].append(time.perf_counter() - start)
-    return {k: (statistics.median(v), statistics.median(b / a for a, b in zip(times["dense"], v)))
-            for k, v in times.items()}
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nets", nargs="+", default=["cifar_resnet20", "cifar_resnet56", "cifar_mobilenet_v2"])
@@ -110,12 +99,11 @@ def main(argv=None) -> None:
         cuts = random_cuts(dense, shape, args.allocations, args.budget)
         x, y = torch.randn(64, *shape), torch.randint(0, 10, (64,))
         nets = {"dense": dense, **{key: net for key, (_, _, net) in cuts.items()}}
-        train = interleaved({k: train_stepper(n, x, y) for k, n in nets.items()}, args.rounds)
-        infer = interleaved({k: infer_stepper(n, x) for k, n in nets.items()}, args.rounds)
+        train = interleaved({k: train_stepper(n, x, y) for k, n in nets.items()}, args.rounds, baseline="dense")
+        infer = interleaved({k: infer_stepper(n, x) for k, n in nets.items()}, args.rounds, baseline="dense")
         print(f"| {name} | dense | 1.000 | 0 | {1000 * train['dense'][0]:.0f} | 1.00 | {1000 * infer['dense'][0]:.1f} | 1.00 |")
         for r in ROUNDINGS:
             keys = [(a, r) for a in range(args.allocations)]
-            mean = lambda values: sum(values) / len(values)  # noqa: E731
             odd = mean([sum(k % 2 for k in cuts[key][0]) for key in keys])  # groups left at an odd width
             print(f"| {name} | {r} | {mean([cuts[k][1] for k in keys]):.3f} | {odd:.1f} "
                   f"| {1000 * mean([train[k][0] for k in keys]):.0f} | {mean([train[k][1] for k in keys]):.2f} "

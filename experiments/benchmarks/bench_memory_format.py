@@ -57,19 +57,25 @@ def stepper(net, layout, x, y):
     return step
 
 
+def interleaved(steppers: dict, rounds: int, baseline: str) -> dict:
+    """Per program: median seconds and the median of its per-round ratios to `baseline`, the
+    programs run interleaved (order reversed every other round), so load hits all alike."""
+    times = {k: [] for k in steppers}
+    keys = list(steppers)
+    for r in range(rounds):
+        for k in (keys if r % 2 == 0 else keys[::-1]):
+            start = time.perf_counter()
+            steppers[k]()
+            times[k].append(time.perf_counter() - start)
+    return {k: (statistics.median(v), statistics.median(b / a for a, b in zip(times[baseline], v)))
+            for k, v in times.items()}
+
+
 def time_pair(net, shape, rounds: int):
     x, y = torch.randn(64, *shape), torch.randint(0, 10, (64,))
     steps = {layout: stepper(net, layout, x, y) for layout in ("contiguous", "channels_last")}
-    times = {layout: [] for layout in steps}
-    for r in range(rounds):
-        order = list(steps) if r % 2 == 0 else list(steps)[::-1]
-        for layout in order:
-            start = time.perf_counter()
-            steps[layout]()
-            times[layout].append(time.perf_counter() - start)
-    ratios = [b / a for a, b in zip(times["contiguous"], times["channels_last"])]
-    return (1000 * statistics.median(times["contiguous"]), 1000 * statistics.median(times["channels_last"]),
-            statistics.median(ratios))
+    timed = interleaved(steps, rounds, baseline="contiguous")
+    return 1000 * timed["contiguous"][0], 1000 * timed["channels_last"][0], timed["channels_last"][1]
 
 
 def main(argv=None) -> None:

@@ -218,7 +218,7 @@ class AgentEpisodes(L.Callback):
             with torch.no_grad():
                 pm.incumbent_reward = self.scorer(pm.cnn, pm.incumbent_masks, *pm.reward_calibration())
             stats["incumbent_reward"], stats["flops_ratio"] = pm.incumbent_reward, pm.flops_ratio()
-        last = result["rounds"][result.get("accepted", -1)]  # the measurement of the network kept
+        last = result["rounds"][result["accepted"]]  # the measurement of the network kept
         stats["latency_measured"], stats["latency_predicted"] = last["measured"], last["predicted"]
         stats["latency_rounds"] = float(len(result["rounds"]) - 1)
         stats["agent_seconds"] += time.perf_counter() - start

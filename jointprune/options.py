@@ -183,7 +183,7 @@ class LatencyOptions:
     warmup: int = 0                    # untimed calls first (the two-fastest rule already drops a slow cold call)
     repeats: int = 3                   # timed calls per table entry at least; the entry is the mean of
     max_repeats: int = 12              # the two fastest once they agree within 10 % (at most this many)
-    network_repeats: int = 2           # hooked dense forwards timing the constant rest (each piece its fastest; >= 2)
+    network_repeats: int = 2           # hooked forwards (dense and fewest) timing what runs between layers (each piece its fastest; >= 2)
     calibrate: bool = False            # also time the whole net at the fewest counts and rescale the savings
     calibration_repeats: int = 7       # interleaved dense/small pairs for that (median ratio)
     cache_dir: Optional[str] = None    # default: $XDG_CACHE_HOME/jointprune or ~/.cache/jointprune

@@ -29,7 +29,7 @@ at lr 0.05 (LR below). A plot goes to --plot.
 
     python experiments/benchmarks/bench_latency_budget.py [--models cifar_resnet56 cifar_mobilenet_v2]
         [--budgets 0.7 0.5 0.3] [--seeds 0 1 2] [--epochs 12] [--resize 16] [--jobs 2]
-        [--max-ratio-cell cifar_resnet56:0.3=0.9]
+        [--max-ratio-cell cifar_resnet56:0.3=0.9] [--round-to 8] [--round-to-cell cifar_resnet56:0.3=4]
 """
 from __future__ import annotations
 
@@ -103,14 +103,14 @@ def matched_flops_budget(name, input_shape, batch, threads, budget, coupled, max
     return float(fm(kept_at(hi)) / fm.dense)
 
 
-def run(name, seed, args, cache_dir, *, latency_budget=None, flops_budget=None, max_ratio=0.8):
+def run(name, seed, args, cache_dir, *, latency_budget=None, flops_budget=None, max_ratio=0.8, round_to=1):
     L.seed_everything(seed)
     dm = DigitsDataModule(resize=args.resize, batch_size=args.batch, reward_size=64, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         model = JointPruneModule(
             make_cnn(name, seed), flops_budget=flops_budget, latency_budget=latency_budget,
             input_shape=dm.input_shape, num_classes=dm.num_classes, seed=seed,
-            pruning=PruningOptions(prune_coupled=args.prune_coupled, max_ratio=max_ratio, round_to=args.round_to),
+            pruning=PruningOptions(prune_coupled=args.prune_coupled, max_ratio=max_ratio, round_to=round_to),
             optim=OptimOptions(lr=LR.get(name, OptimOptions.lr)),
             # as the quickstart: a frozen epoch between the agent and the cut, in which the
             # alignment empties what the closed loop's last shrink removed
@@ -134,14 +134,15 @@ def run(name, seed, args, cache_dir, *, latency_budget=None, flops_budget=None, 
 def pair(job, args, cache_dir) -> dict:
     """One seed of one cell: the latency-budgeted run and two FLOPs-budgeted runs (at f(b), and at
     the FLOPs the latency-budgeted network ended with), all three timed against dense."""
-    name, b, seed, f, max_ratio = job
+    name, b, seed, f, max_ratio, round_to = job
     shape = (3, args.resize, args.resize)
+    keep = {"max_ratio": max_ratio, "round_to": round_to}
     try:
-        lat_net, lat_rep, _ = run(name, seed, args, cache_dir, latency_budget=b, max_ratio=max_ratio)
+        lat_net, lat_rep, _ = run(name, seed, args, cache_dir, latency_budget=b, **keep)
     except JointPruneError as err:  # refused at start: say so in the table, go on
-        return {"model": name, "budget": b, "seed": seed, "max_ratio": max_ratio, "refused": str(err)}
+        return {"model": name, "budget": b, "seed": seed, **keep, "refused": str(err)}
     dense = make_cnn(name, seed).eval()
-    row = {"model": name, "budget": b, "seed": seed, "max_ratio": max_ratio, "flops_budget_matched": f}
+    row = {"model": name, "budget": b, "seed": seed, **keep, "flops_budget_matched": f}
     lat_t = measure_pair(dense, lat_net, shape, CPU, args.batch, args.threads, 1, args.runs)
     row.update({"lat_ratio": lat_t["ratio"], "lat_noise": lat_t["noise"], "lat_acc": lat_rep["test_acc"],
                 "lat_flops": lat_rep["flops_ratio"], "lat_model": lat_rep.get("latency_model_ratio"),
@@ -153,7 +154,7 @@ def pair(job, args, cache_dir) -> dict:
     # two FLOPs-budgeted points: f(b) (aimed at latency b by uniform cuts) and the latency-budgeted
     # network's own FLOPs; the curve through them gives the FLOPs budget's top-1 at its latency
     for key, budget in (("flo", f), ("flo2", min(1.0, lat_rep["flops_ratio"] + 1e-4))):
-        net, rep, _ = run(name, seed, args, cache_dir, flops_budget=budget, max_ratio=max_ratio)
+        net, rep, _ = run(name, seed, args, cache_dir, flops_budget=budget, **keep)
         timed = measure_pair(dense, net, shape, CPU, args.batch, args.threads, 1, args.runs)
         row.update({f"{key}_budget": budget, f"{key}_ratio": timed["ratio"], f"{key}_noise": timed["noise"],
                     f"{key}_acc": rep["test_acc"], f"{key}_flops": rep["flops_ratio"],
@@ -186,6 +187,16 @@ def flops_curve_at(row) -> dict:
     return {"flo_acc_at_lat": None, "verdict": "open"}
 
 
+def per_cell(specs, kind) -> dict:
+    """{(model, budget): value} from "model:budget=value" strings."""
+    out = {}
+    for spec in specs or []:
+        where, value = spec.split("=")
+        name, b = where.split(":")
+        out[(name, float(b))] = kind(value)
+    return out
+
+
 def residuals(rows, name) -> list[float]:
     """Top-1 of each latency-budgeted run minus the FLOPs budget's curve at its measured latency,
     the curve being the least-squares line of top-1 on measured latency through all of the
@@ -216,6 +227,7 @@ def main(argv=None) -> None:
     p.add_argument("--max-ratio", type=float, default=0.8, help="model.pruning.max_ratio")
     p.add_argument("--round-to", type=int, default=1, help="model.pruning.round_to, for every run and the uniform cuts of f(b)")
     p.add_argument("--max-ratio-cell", nargs="*", help="model:budget=max_ratio for one cell, e.g. cifar_resnet56:0.3=0.9")
+    p.add_argument("--round-to-cell", nargs="*", help="model:budget=round_to for one cell, e.g. cifar_resnet56:0.3=4")
     p.add_argument("--verify-rounds", type=int, default=3, help="model.latency.verify_rounds (0: no closed loop)")
     p.add_argument("--flops-budget-cell", nargs="*", help="model:budget=f: f(b) given, not measured again")
     p.add_argument("--rows-out", help="append each finished row to this JSON-lines file")
@@ -224,25 +236,20 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     rows = [json.loads(line) for line in Path(args.extra_rows).read_text().splitlines()] if args.extra_rows else []
     cells = [(name, b) for name in args.models for b in args.budgets]
-    ratios = {cell: args.max_ratio for cell in cells}
-    for spec in args.max_ratio_cell or []:  # model:budget=max_ratio
-        where, ratio = spec.split("=")
-        name, b = where.split(":")
-        ratios[(name, float(b))] = float(ratio)
+    ratios = {**dict.fromkeys(cells, args.max_ratio), **per_cell(args.max_ratio_cell, float)}
+    rounds = {**dict.fromkeys(cells, args.round_to), **per_cell(args.round_to_cell, int)}
     with tempfile.TemporaryDirectory() as cache_dir:
-        matched = {}
-        for spec in args.flops_budget_cell or []:  # model:budget=f, from an earlier run's output
-            where, f = spec.split("=")
-            name, b = where.split(":")
-            matched[(name, float(b))] = float(f)
+        matched = per_cell(args.flops_budget_cell, float)  # f(b) from an earlier run's output
         for name, b in cells:
             if (name, b) in matched:
                 continue
             matched[(name, b)] = matched_flops_budget(name, (3, args.resize, args.resize), args.batch, args.threads,
-                                                      b, args.prune_coupled, ratios[(name, b)], args.runs, args.round_to)
-            print(f"{name} b={b}: f(b)={matched[(name, b)]:.3f} (max_ratio {ratios[(name, b)]})", flush=True)
+                                                      b, args.prune_coupled, ratios[(name, b)], args.runs, rounds[(name, b)])
+            print(f"{name} b={b}: f(b)={matched[(name, b)]:.3f} (max_ratio {ratios[(name, b)]}, "
+                  f"round_to {rounds[(name, b)]})", flush=True)
         done = {(r["model"], r["budget"], r["seed"]) for r in rows}  # rows from --extra-rows are not run again
-        jobs = [(name, b, seed, matched[(name, b)], ratios[(name, b)]) for name, b in cells for seed in args.seeds
+        jobs = [(name, b, seed, matched[(name, b)], ratios[(name, b)], rounds[(name, b)])
+                for name, b in cells for seed in args.seeds
                 if (name, b, seed) not in done]
         with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), initializer=torch.set_num_threads,
                                  initargs=(args.threads,)) as pool:
@@ -278,8 +285,9 @@ def main(argv=None) -> None:
             at_text = f"{statistics.median(at):.3f} ({len(at)} of {len(cell)} bracketed)" if at else "none bracketed"
             second = (f"{med('flo2_ratio'):.3f}, {med('flo2_acc'):.3f}" if all("flo2_acc" in r for r in cell) else "—")
             rounds = "/".join(str(max(len(r.get("lat_verify") or []) - 1, 0)) for r in cell)
-            label = name if cell[0].get("max_ratio", args.max_ratio) == args.max_ratio \
-                else f"{name} (max_ratio {cell[0]['max_ratio']})"
+            differs = [f"{k} {cell[0][k]}" for k, default in (("max_ratio", args.max_ratio), ("round_to", args.round_to))
+                       if cell[0].get(k, default) != default]
+            label = f"{name} ({', '.join(differs)})" if differs else name
             print(f"| {label} | {b} | {med('lat_ratio'):.3f} | {speed:.2f}x ({'met' if speed >= 0.95 / b else 'MISSED'}) "
                   f"| {med('lat_acc'):.3f} | {rounds} | {cell[0]['flops_budget_matched']:.3f}: {med('flo_ratio'):.3f}, "
                   f"{med('flo_acc'):.3f} | {second} | {at_text} "

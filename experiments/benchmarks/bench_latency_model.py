@@ -11,11 +11,16 @@ cancels), measured being the mean of the two passes; how far the two passes of t
 differ is printed beside it: no model can be checked more finely than that. A second build then
 reads the cache (its time is the "second run" start-up).
 
+--coupled also prunes the residual-coupled groups, and --deep draws each count from the fewest
+third of the allowed counts: the hard cuts a low latency budget asks for. Beside the model's error
+the table prints the error with what runs between layers held at its dense time (the model before
+it scaled those gaps with the channels), on the same timings.
+
 The quickstart's build cost against one of its epochs is bench_latency_build.py's measurement
 (interleaved rounds, the tables as a run builds them); this script prints it first, unless
 --skip-quickstart.
 
-    python experiments/benchmarks/bench_latency_model.py [--subnets 6] [--runs 7] [--threads 1]
+    python experiments/benchmarks/bench_latency_model.py [--subnets 6] [--runs 7] [--threads 1] [--coupled --deep]
 """
 from __future__ import annotations
 
@@ -50,10 +55,16 @@ def build(structure, rule, batch, threads, cache_dir, calibrate=False):
     return lm, time.perf_counter() - start, cands
 
 
-def bench_model(name, size, batch, threads, subnets, runs, seed=0, calibrate=False):
+def constant_gaps(lm, kept) -> float:
+    """The model's prediction with what runs between layers held at its dense time."""
+    k = np.atleast_2d(np.asarray(kept, dtype=np.float64))
+    return lm(kept) - float(lm.gaps(k, lm.sizes)[0]) + float(lm.gaps.dense.sum())
+
+
+def bench_model(name, size, batch, threads, subnets, runs, seed=0, calibrate=False, coupled=False, deep=False):
     torch.manual_seed(seed)
     model = create_model(name, num_classes=10 if name.startswith("cifar_") else 1000).eval()
-    structure = ChannelStructure(model, torch.zeros(1, 3, size, size))
+    structure = ChannelStructure(model, torch.zeros(1, 3, size, size), prune_coupled=coupled)
     rule = KeepRule()
     with tempfile.TemporaryDirectory() as cache_dir:
         lm, first_s, cands = build(structure, rule, batch, threads, cache_dir)
@@ -62,8 +73,9 @@ def bench_model(name, size, batch, threads, subnets, runs, seed=0, calibrate=Fal
         cal = build(structure, rule, batch, threads, cache_dir, calibrate=True)[0] if calibrate else None
     scores = group_importance(model, structure, "l1")
     rng = np.random.default_rng(seed)
-    errors, rows, cal_errors, drifts = [], [], [], []
-    kept_all = [[int(rng.choice(c)) for c in cands] for _ in range(subnets)]
+    errors, rows, cal_errors, drifts, before = [], [], [], [], []
+    pools = [c[:max(1, len(c) // 3)] if deep else c for c in cands]
+    kept_all = [[int(rng.choice(c)) for c in pools] for _ in range(subnets)]
     smalls = [extract_subnetwork(model, structure, top_k_masks(scores, kept)) for kept in kept_all]
     # Every sub-network is timed in two passes over all of them, minutes apart: how far the same
     # network's measured ratio moves between the passes is the measurement's own repeatability on
@@ -74,6 +86,7 @@ def bench_model(name, size, batch, threads, subnets, runs, seed=0, calibrate=Fal
         measured = (first["ratio"] + second["ratio"]) / 2
         predicted = lm(kept) / lm.dense
         errors.append(abs(predicted - measured) / measured)
+        before.append(abs(constant_gaps(lm, kept) / lm.dense - measured) / measured)
         drifts.append(abs(first["ratio"] - second["ratio"]) / measured)
         rows.append((predicted, first["ratio"], second["ratio"], max(first["noise"], second["noise"])))
         if cal is not None:
@@ -82,6 +95,7 @@ def bench_model(name, size, batch, threads, subnets, runs, seed=0, calibrate=Fal
     return {"model": name, "input": f"{size}x{size}", "batch": batch, "groups": len(cands),
             "entries": lm.info["timed_entries"], "first_s": first_s, "second_s": second_s,
             "dense_ms": lm.dense, "median_err": statistics.median(errors), "max_err": max(errors), "rows": rows,
+            "median_err_constant_gaps": statistics.median(before), "gap_share": lm.gaps.dense.sum() / lm.dense,
             "median_drift": statistics.median(drifts), "max_drift": max(drifts),
             "cal_err": statistics.median(cal_errors) if cal_errors else None}
 
@@ -98,23 +112,28 @@ def main(argv=None) -> None:
     parser.add_argument("--skip-quickstart", action="store_true")
     parser.add_argument("--quickstart-rounds", type=int, default=3, help="rounds of bench_latency_build's measurement")
     parser.add_argument("--calibrate", action="store_true", help="also the error with LatencyOptions.calibrate")
+    parser.add_argument("--coupled", action="store_true", help="also prune the residual-coupled groups")
+    parser.add_argument("--deep", action="store_true", help="draw every count from the fewest third of those allowed")
     args = parser.parse_args(argv)
     # the quickstart's build at the process's own thread count, as a quickstart run has it
     qs = None if args.skip_quickstart else bench_latency_build.build_cost(args.quickstart_rounds)
     torch.set_num_threads(args.threads)
     where = {"tv_resnet50": (args.imagenet_size, args.imagenet_batch)}
     results = [bench_model(m, *where.get(m, (32, args.batch)), args.threads, args.subnets, args.runs,
-                           calibrate=args.calibrate) for m in args.models]
+                           calibrate=args.calibrate, coupled=args.coupled, deep=args.deep) for m in args.models]
 
     print(f"\n### Latency model vs measured latency of random extracted sub-networks (CPU, {args.threads} thread(s), "
-          f"default LatencyOptions, {args.subnets} sub-networks each, median of {args.runs} interleaved pairs)\n")
+          f"default LatencyOptions, {args.subnets} sub-networks each{', coupled groups too' if args.coupled else ''}"
+          f"{', counts from the fewest third' if args.deep else ''}, median of {args.runs} interleaved pairs)\n")
     print("| model | input | batch | groups | table entries timed | build s (empty cache) | build s (cached) "
-          "| dense ms | median abs. error | max abs. error | same network, pass 1 vs 2: median / max |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| dense ms | median abs. error | max abs. error | same network, pass 1 vs 2: median / max "
+          "| between layers, share of dense | median abs. error with it held constant |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['model']} | {r['input']} | {r['batch']} | {r['groups']} | {r['entries']} | {r['first_s']:.1f} "
               f"| {r['second_s']:.1f} | {r['dense_ms']:.1f} | {100 * r['median_err']:.1f} % | {100 * r['max_err']:.1f} % "
-              f"| {100 * r['median_drift']:.1f} % / {100 * r['max_drift']:.1f} % |")
+              f"| {100 * r['median_drift']:.1f} % / {100 * r['max_drift']:.1f} % | {100 * r['gap_share']:.1f} % "
+              f"| {100 * r['median_err_constant_gaps']:.1f} % |")
     errs = [r["median_err"] for r in results]
     print(f"\nGoal median abs. error < 10 %: met for {sum(e < 0.10 for e in errs)} of {len(errs)} models.")
     if args.calibrate:

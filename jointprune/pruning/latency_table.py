@@ -15,14 +15,14 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 
 from ..errors import JointPruneError
 from ..utils.atomic import atomic_write_json
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: a network's timed pieces (dense and fewest) are lists
 
 
 def resolve_device(spec: Optional[str], default: torch.device) -> torch.device:
@@ -115,13 +115,22 @@ class pinned_threads:
         torch.set_num_threads(self.before)
 
 
+Entry = Union[float, list]
+
+
+def _entry(value) -> "Entry":
+    """A float, or (nested) lists of floats."""
+    return [_entry(v) for v in value] if isinstance(value, (list, tuple)) else float(value)
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "jointprune"
 
 
 class LatencyCache:
-    """Table entries (key -> median ms) of one device, torch version and thread count."""
+    """Table entries (key -> ms, or a list of ms for a network's pieces) of one device, torch
+    version and thread count."""
 
     def __init__(self, cache_dir: Optional[str], device: torch.device, threads: int, enabled: bool = True):
         self.enabled = enabled
@@ -130,23 +139,26 @@ class LatencyCache:
         digest = hashlib.sha1(json.dumps(self.meta, sort_keys=True).encode()).hexdigest()[:16]
         self.path = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.path = self.path / f"latency-{digest}.json"
-        self.entries: dict[str, float] = self._read() if enabled else {}
-        self.new: dict[str, float] = {}
+        self.entries: dict[str, Entry] = self._read() if enabled else {}
+        self.new: dict[str, Entry] = {}
 
-    def _read(self) -> dict[str, float]:
+    def _read(self) -> dict[str, "Entry"]:
         try:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return {}  # no cache yet, or an unreadable one: measure again and overwrite
         if data.get("meta") != self.meta or not isinstance(data.get("entries"), dict):
             return {}
-        return {str(k): float(v) for k, v in data["entries"].items()}
+        try:
+            return {str(k): _entry(v) for k, v in data["entries"].items()}
+        except (TypeError, ValueError):
+            return {}
 
-    def get(self, key: str) -> Optional[float]:
+    def get(self, key: str) -> Optional["Entry"]:
         return self.entries.get(key)
 
-    def put(self, key: str, ms: float) -> None:
-        self.entries[key] = self.new[key] = float(ms)
+    def put(self, key: str, ms: "Entry") -> None:
+        self.entries[key] = self.new[key] = _entry(ms)
 
     def save(self) -> None:
         if not self.enabled or not self.new:

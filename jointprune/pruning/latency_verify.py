@@ -1,9 +1,9 @@
 """Closing the loop on the latency budget: measure the chosen sub-network, and shrink it until
 its *measured* latency meets the budget, or grow it back while it measures well under.
 
-The latency model sums standalone layer timings; the whole network runs slower than that sum on
-CPU (memory traffic between layers, per-op dispatch, the adds and reshapes folded into `rest` at
-the dense size only), so an allocation the model puts exactly at the budget measures above it
+The latency model sums standalone layer timings; the whole network can run slower or faster than
+that sum on CPU (memory traffic between layers, per-op dispatch, widths oneDNN blocks well or
+badly), so an allocation the model puts exactly at the budget can measure above it
 (README, "Latency budget"). After the agent's last epoch, `verify_latency` therefore times the
 incumbent against the dense network (interleaved pairs, `measure_pair`), and while the measured
 ratio is above the budget it
@@ -15,7 +15,10 @@ ratio is above the budget it
    snapped down to an allowed count (`KeepRule.candidates`), the largest scale whose corrected
    prediction meets the budget. Counts only go down, so FLOPs only go down.
 
-then measures again, for at most `rounds` corrections.
+then measures again, for at most `rounds` corrections. A measurement whose pairs scatter by more
+than NOISE_ALLOWANCE of the budget is taken again (at most REMEASURE more times) and the steadiest
+one counts: on the 2-core CPU, with a second run beside it, one such measurement said 0.456 for a
+network that measured 0.70 afterwards, and the loop kept that network for a budget of 0.7.
 
 **Growing back.** The model errs both ways, so a measurement can also come out well under the
 budget: the agent's pick, or the shrink's last step, leaves capacity unused (ResNet-56 at budget
@@ -50,6 +53,19 @@ NOISE_ALLOWANCE = 0.05
 # Grow a met incumbent back only when it measures under the budget by more than its noise and this
 # share of the budget: closer than that, another measurement costs more than it can win.
 GROW_GAP = 0.05
+# A measurement noisier than NOISE_ALLOWANCE x budget says little (on a loaded CPU pairs of
+# timings scatter by 0.2 of the dense latency): measure again, at most this many more times, and
+# act on the steadiest (least noisy) of the measurements.
+REMEASURE = 2
+
+
+def steadiest(measure: Callable[[list[int]], dict], counts: list[int], budget: float) -> tuple[dict, int]:
+    """`measure(counts)`, repeated while its noise exceeds NOISE_ALLOWANCE x budget (at most
+    REMEASURE more times); the least noisy measurement and how many were taken."""
+    taken = [measure(counts)]
+    while float(taken[-1]["noise"]) > NOISE_ALLOWANCE * budget and len(taken) <= REMEASURE:
+        taken.append(measure(counts))
+    return min(taken, key=lambda m: float(m["noise"])), len(taken)
 
 
 def within_budget(ratio: float, noise: float, budget: float) -> bool:
@@ -140,10 +156,10 @@ def verify_latency(model, kept: Sequence[int], candidates: Sequence[np.ndarray],
     best = None  # (round, counts) of the last network that met the budget
     for r in range(rounds + 1):
         predicted = float(model(np.asarray(current, dtype=np.float64)) / model.dense)
-        m = measure(current)
+        m, taken = steadiest(measure, current, budget)
         ratio, noise = float(m["ratio"]), float(m["noise"])
         history.append({"round": r, "scale": scale, "predicted": predicted, "target": target,
-                        "measured": ratio, "noise": noise, "grown": best is not None})
+                        "measured": ratio, "noise": noise, "grown": best is not None, "measurements": taken})
         points.append((predicted, ratio))
         met = within_budget(ratio, noise, budget)
         if best is not None and not met:  # grown too far: the last met network stays

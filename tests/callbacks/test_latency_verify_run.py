@@ -131,7 +131,8 @@ def test_a_run_records_the_loop_in_pruned_json(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(verify_mod, "measure_pair", fake)
     # deterministic tables (cost ~ channels in x out): the test is about the loop, not the timing
     monkeypatch.setattr(latency_mod, "_measure_layer", lambda call, name, q, *a: 1e-3 * q["cin"] * q.get("cout", q["cin"]))
-    monkeypatch.setattr(latency_mod, "measure_rest", lambda *a: 0.01)
+    monkeypatch.setattr(latency_mod, "time_pieces", lambda model, shape, *a: np.full(
+        2 * len(latency_mod._record(model, torch.zeros(1, *shape))) + 1, 0.001))
     model, trainer, dm = tiny_latency_fit(
         tmp_path, AgentOptions(episodes_per_epoch=2, sac_updates=2, batch_size=8, random_epochs=1, hidden=16),
         EnvReprOptions(decoder_steps=2, dim=8),

@@ -42,3 +42,9 @@ def test_residuals_against_the_flops_line(bench):
     # FLOPs points lie on top-1 = 0.5 + latency; the latency runs sit 0.05 above and 0.05 below it
     assert bench.residuals(runs, "m") == pytest.approx([0.05, -0.05])
     assert bench.residuals(runs, "other") == []
+
+
+def test_per_cell_settings_parse_model_budget_and_value(bench):
+    assert bench.per_cell(["cifar_resnet56:0.3=4", "cifar_mobilenet_v2:0.5=8"], int) == \
+        {("cifar_resnet56", 0.3): 4, ("cifar_mobilenet_v2", 0.5): 8}
+    assert bench.per_cell(None, float) == {}

@@ -25,3 +25,14 @@ def test_two_passes_per_subnetwork_and_their_drift(bench):
     assert 0.0 <= r["median_drift"] <= r["max_drift"]
     errors = [abs(p - (a + b) / 2) / ((a + b) / 2) for p, a, b, _ in r["rows"]]
     assert r["max_err"] == pytest.approx(max(errors))  # the error is against the mean of both passes
+
+
+def test_deep_coupled_cuts_and_the_constant_gap_comparison(bench):
+    threads = torch.get_num_threads()
+    try:
+        r = bench.bench_model("cifar_resnet20", 16, batch=2, threads=1, subnets=2, runs=1, coupled=True, deep=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert r["groups"] > 9  # the three residual-coupled groups of ResNet-20 are in
+    assert 0.0 < r["gap_share"] < 1.0 and r["median_err_constant_gaps"] >= 0.0
+    assert all(p < 0.9 for p, _, _, _ in r["rows"])  # counts from the fewest third: hard cuts

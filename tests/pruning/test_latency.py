@@ -38,6 +38,13 @@ class Chain(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+def constant_pieces(ms):
+    """A stand-in for `time_pieces` that times nothing: every piece of the forward takes `ms`."""
+    def pieces(model, input_shape, *a):
+        return np.full(2 * len(latency_mod._record(model, torch.zeros(1, *input_shape))) + 1, ms)
+    return pieces
+
+
 def build(tmp_path, batch=2, points=3, threads=1, **kw):
     model = Chain().eval()
     structure = ChannelStructure(model, torch.zeros(1, 3, 8, 8))
@@ -57,7 +64,8 @@ def test_tables_cover_each_layer_by_the_groups_it_depends_on(tmp_path):
     np.testing.assert_array_equal(lm.grids[1], [6, 9, 12])
     assert all((t > 0).all() for t in lm.terms.values())
     # The dense network's latency is the measured whole network by construction.
-    assert lm.dense == pytest.approx(lm.rest + sum(float(t[(-1,) * t.ndim]) for t in lm.terms.values()))
+    assert lm.dense == pytest.approx(lm.rest + lm.gaps.dense.sum()
+                                     + sum(float(t[(-1,) * t.ndim]) for t in lm.terms.values()))
     # Between grid points the model interpolates linearly; a batch equals one vector at a time.
     lo, hi = lm([4, 12]), lm([6, 12])
     assert lm([5, 12]) == pytest.approx((lo + hi) / 2)
@@ -78,7 +86,7 @@ def test_second_build_reads_the_cache_and_times_nothing(tmp_path, monkeypatch):
         raise AssertionError("a cached table was timed again")
 
     monkeypatch.setattr(latency_mod, "steady_ms", no_timing)
-    monkeypatch.setattr(latency_mod, "measure_rest", no_timing)
+    monkeypatch.setattr(latency_mod, "measure_gaps", no_timing)
     second, _, _ = build(tmp_path)
     assert second.info["cache_hit"] and second.info["timed_entries"] == 0
     assert second.dense == first.dense and second([5, 7]) == first([5, 7])
@@ -244,7 +252,7 @@ def test_calibration_rescales_the_savings_to_the_measured_sub_network(tmp_path, 
     # Deterministic tables (cost ~ channels in x channels out): the test is about the rescaling.
     monkeypatch.setattr(latency_mod, "_measure_layer",
                         lambda call, name, q, *a: 1e-3 * q["cin"] * q.get("cout", q["cin"]))
-    monkeypatch.setattr(latency_mod, "measure_rest", lambda *a: 0.5)
+    monkeypatch.setattr(latency_mod, "time_pieces", constant_pieces(0.05))
     plain, _, _ = build(tmp_path, cache=False)
     predicted = plain([4, 6]) / plain.dense
     assert predicted < 0.9
@@ -283,3 +291,49 @@ def test_the_flops_models_probe_gives_the_same_tables_as_the_latency_models_own(
     assert d.any()
     live = dict(model.named_modules())
     assert all(c["module"] is live[n] for c, n in zip(calls, names))  # the dense live layers
+
+
+def test_what_runs_between_layers_scales_with_the_channels_before_it(tmp_path, monkeypatch):
+    """A gap (the pooling after r2, an add) runs on the tensor the call before it made: its time
+    goes from the dense network's to the fewest network's with that call's output channels, while
+    a gap after a call no group changes (after fc) stays constant."""
+    monkeypatch.setattr(latency_mod, "_measure_layer", lambda *a: 0.0)  # only the gaps count here
+    widths = {}
+
+    def pieces(model, input_shape, *a):  # every gap takes 0.1 ms per channel of the call before it
+        calls = latency_mod._record(model, torch.zeros(1, *input_shape))
+        out = [c.get("cout", c["cin"]) for c in calls]
+        widths[len(widths)] = out
+        return np.array([1.0] + [v for w in out for v in (0.0, 0.1 * w)])
+
+    monkeypatch.setattr(latency_mod, "time_pieces", pieces)
+    lm, structure, _ = build(tmp_path, cache=False)
+    dense_out, fewest_out = widths[0], widths[1]
+    assert dense_out[:3] == [8, 8, 8] and fewest_out[:3] == [4, 4, 4]  # c1, b1, r1 at group 0's floor
+    assert dense_out[-1] == fewest_out[-1] == 5  # fc: no group changes its output
+    assert lm.rest == pytest.approx(1.0 + 0.5)  # the first gap and the gap after fc
+    assert lm.dense == pytest.approx(0.1 * sum(dense_out) + 1.0)
+    # Linear in between: group 0 at 6 of 8 (the gaps after c1, b1, r1 at 0.6 ms), group 1 at 9
+    # of 12 (after c2, b2, r2 at 0.9 ms), and the constant first gap and gap after fc.
+    assert lm([6, 9]) == pytest.approx(1.0 + 3 * 0.6 + 3 * 0.9 + 0.5)
+    assert lm([4, 6]) == pytest.approx(1.0 + 0.1 * sum(fewest_out))
+
+
+def test_gaps_too_small_to_matter_are_scaled_without_timing_the_fewest_network(tmp_path, monkeypatch):
+    """Timing the fewest network costs a cold forward: skipped when the gaps that scale are under
+    MEASURE_FEWEST_SHARE of the dense forward, and those gaps are then taken as proportional."""
+    monkeypatch.setattr(latency_mod, "_measure_layer", lambda *a: 0.0)
+    timed = []
+
+    def pieces(model, input_shape, *a):  # calls take 10 ms, every gap 0.001 ms per channel
+        calls = latency_mod._record(model, torch.zeros(1, *input_shape))
+        timed.append(model)
+        return np.array([0.0] + [v for c in calls for v in (10.0, 0.001 * c.get("cout", c["cin"]))])
+
+    monkeypatch.setattr(latency_mod, "time_pieces", pieces)
+    lm, structure, _ = build(tmp_path, cache=False)
+    assert len(timed) == 1 and timed[0] is structure.model  # the dense network only
+    assert lm.gaps.dense.sum() < latency_mod.MEASURE_FEWEST_SHARE * 7 * 10.0  # 7 calls of 10 ms
+    # proportional: group 0's three gaps at 4 of 8 channels take half their dense time
+    np.testing.assert_allclose(lm.gaps.fewest[:3], 0.5 * lm.gaps.dense[:3])
+    assert lm([4, 12]) == pytest.approx(lm.dense - 3 * 0.5 * 0.008)

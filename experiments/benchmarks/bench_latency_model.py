@@ -14,13 +14,17 @@ reads the cache (its time is the "second run" start-up).
 --coupled also prunes the residual-coupled groups, and --deep draws each count from the fewest
 third of the allowed counts: the hard cuts a low latency budget asks for. Beside the model's error
 the table prints the error with what runs between layers held at its dense time (the model before
-it scaled those gaps with the channels), on the same timings.
+it scaled those gaps with the channels), on the same timings. --aim A scales each random
+allocation (one common scale, snapped to allowed counts) to the largest the model puts at or under
+A of the dense latency, as the clipper fills a budget; the table's signed column then says whether
+the networks a budget picks measure above or below the model.
 
 The quickstart's build cost against one of its epochs is bench_latency_build.py's measurement
 (interleaved rounds, the tables as a run builds them); this script prints it first, unless
 --skip-quickstart.
 
     python experiments/benchmarks/bench_latency_model.py [--subnets 6] [--runs 7] [--threads 1] [--coupled --deep]
+        [--aim 0.7 --round-to 8 --size 16 --batch 64]
 """
 from __future__ import annotations
 
@@ -40,10 +44,19 @@ from jointprune.models import create_model  # noqa: E402
 from jointprune.options import LatencyOptions  # noqa: E402
 from jointprune.pruning import ChannelStructure, KeepRule, extract_subnetwork, group_importance, top_k_masks  # noqa: E402
 from jointprune.pruning.latency import LatencyModel, measure_pair  # noqa: E402
+from jointprune.pruning.latency_verify import scaled  # noqa: E402
 
 import bench_latency_build  # noqa: E402  (beside this script)
 
 CPU = torch.device("cpu")
+
+
+def aimed(lm, kept, candidates, aim) -> list[int]:
+    """`kept` times the largest common scale whose snapped counts the model puts at or under `aim`."""
+    top = max(float(c[-1]) / k for k, c in zip(kept, candidates))
+    batch = np.array([scaled(kept, s, candidates) for s in np.linspace(0.0, top, 401)], dtype=np.float64)
+    ok = np.flatnonzero(lm(batch) / lm.dense <= aim)
+    return [int(c) for c in batch[ok[-1] if len(ok) else 0]]
 
 
 def build(structure, rule, batch, threads, cache_dir, calibrate=False):
@@ -61,11 +74,12 @@ def constant_gaps(lm, kept) -> float:
     return lm(kept) - float(lm.gaps(k, lm.sizes)[0]) + float(lm.gaps.dense.sum())
 
 
-def bench_model(name, size, batch, threads, subnets, runs, seed=0, calibrate=False, coupled=False, deep=False):
+def bench_model(name, size, batch, threads, subnets, runs, seed=0, calibrate=False, coupled=False, deep=False,
+                aim=None, round_to=1):
     torch.manual_seed(seed)
     model = create_model(name, num_classes=10 if name.startswith("cifar_") else 1000).eval()
     structure = ChannelStructure(model, torch.zeros(1, 3, size, size), prune_coupled=coupled)
-    rule = KeepRule()
+    rule = KeepRule(round_to=round_to)
     with tempfile.TemporaryDirectory() as cache_dir:
         lm, first_s, cands = build(structure, rule, batch, threads, cache_dir)
         _, second_s, _ = build(structure, rule, batch, threads, cache_dir)
@@ -73,9 +87,11 @@ def bench_model(name, size, batch, threads, subnets, runs, seed=0, calibrate=Fal
         cal = build(structure, rule, batch, threads, cache_dir, calibrate=True)[0] if calibrate else None
     scores = group_importance(model, structure, "l1")
     rng = np.random.default_rng(seed)
-    errors, rows, cal_errors, drifts, before = [], [], [], [], []
+    errors, rows, cal_errors, drifts, before, signed = [], [], [], [], [], []
     pools = [c[:max(1, len(c) // 3)] if deep else c for c in cands]
     kept_all = [[int(rng.choice(c)) for c in pools] for _ in range(subnets)]
+    if aim is not None:
+        kept_all = [aimed(lm, kept, cands, aim) for kept in kept_all]
     smalls = [extract_subnetwork(model, structure, top_k_masks(scores, kept)) for kept in kept_all]
     # Every sub-network is timed in two passes over all of them, minutes apart: how far the same
     # network's measured ratio moves between the passes is the measurement's own repeatability on
@@ -86,6 +102,7 @@ def bench_model(name, size, batch, threads, subnets, runs, seed=0, calibrate=Fal
         measured = (first["ratio"] + second["ratio"]) / 2
         predicted = lm(kept) / lm.dense
         errors.append(abs(predicted - measured) / measured)
+        signed.append(measured - predicted)
         before.append(abs(constant_gaps(lm, kept) / lm.dense - measured) / measured)
         drifts.append(abs(first["ratio"] - second["ratio"]) / measured)
         rows.append((predicted, first["ratio"], second["ratio"], max(first["noise"], second["noise"])))
@@ -96,6 +113,7 @@ def bench_model(name, size, batch, threads, subnets, runs, seed=0, calibrate=Fal
             "entries": lm.info["timed_entries"], "first_s": first_s, "second_s": second_s,
             "dense_ms": lm.dense, "median_err": statistics.median(errors), "max_err": max(errors), "rows": rows,
             "median_err_constant_gaps": statistics.median(before), "gap_share": lm.gaps.dense.sum() / lm.dense,
+            "median_signed": statistics.median(signed),
             "median_drift": statistics.median(drifts), "max_drift": max(drifts),
             "cal_err": statistics.median(cal_errors) if cal_errors else None}
 
@@ -114,26 +132,32 @@ def main(argv=None) -> None:
     parser.add_argument("--calibrate", action="store_true", help="also the error with LatencyOptions.calibrate")
     parser.add_argument("--coupled", action="store_true", help="also prune the residual-coupled groups")
     parser.add_argument("--deep", action="store_true", help="draw every count from the fewest third of those allowed")
+    parser.add_argument("--aim", type=float, help="scale each allocation to this model latency ratio, as a budget would")
+    parser.add_argument("--round-to", type=int, default=1, help="KeepRule round_to")
+    parser.add_argument("--size", type=int, default=32, help="input side for ResNet-56 and MobileNetV2")
     args = parser.parse_args(argv)
     # the quickstart's build at the process's own thread count, as a quickstart run has it
     qs = None if args.skip_quickstart else bench_latency_build.build_cost(args.quickstart_rounds)
     torch.set_num_threads(args.threads)
     where = {"tv_resnet50": (args.imagenet_size, args.imagenet_batch)}
-    results = [bench_model(m, *where.get(m, (32, args.batch)), args.threads, args.subnets, args.runs,
-                           calibrate=args.calibrate, coupled=args.coupled, deep=args.deep) for m in args.models]
+    results = [bench_model(m, *where.get(m, (args.size, args.batch)), args.threads, args.subnets, args.runs,
+                           calibrate=args.calibrate, coupled=args.coupled, deep=args.deep, aim=args.aim,
+                           round_to=args.round_to) for m in args.models]
 
     print(f"\n### Latency model vs measured latency of random extracted sub-networks (CPU, {args.threads} thread(s), "
           f"default LatencyOptions, {args.subnets} sub-networks each{', coupled groups too' if args.coupled else ''}"
-          f"{', counts from the fewest third' if args.deep else ''}, median of {args.runs} interleaved pairs)\n")
+          f"{', counts from the fewest third' if args.deep else ''}"
+          f"{f', each scaled to a model ratio of {args.aim}' if args.aim else ''}"
+          f"{f', round_to {args.round_to}' if args.round_to > 1 else ''}, median of {args.runs} interleaved pairs)\n")
     print("| model | input | batch | groups | table entries timed | build s (empty cache) | build s (cached) "
           "| dense ms | median abs. error | max abs. error | same network, pass 1 vs 2: median / max "
-          "| between layers, share of dense | median abs. error with it held constant |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| between layers, share of dense | median abs. error with it held constant | measured - model, median |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['model']} | {r['input']} | {r['batch']} | {r['groups']} | {r['entries']} | {r['first_s']:.1f} "
               f"| {r['second_s']:.1f} | {r['dense_ms']:.1f} | {100 * r['median_err']:.1f} % | {100 * r['max_err']:.1f} % "
               f"| {100 * r['median_drift']:.1f} % / {100 * r['max_drift']:.1f} % | {100 * r['gap_share']:.1f} % "
-              f"| {100 * r['median_err_constant_gaps']:.1f} % |")
+              f"| {100 * r['median_err_constant_gaps']:.1f} % | {r['median_signed']:+.3f} |")
     errs = [r["median_err"] for r in results]
     print(f"\nGoal median abs. error < 10 %: met for {sum(e < 0.10 for e in errs)} of {len(errs)} models.")
     if args.calibrate:

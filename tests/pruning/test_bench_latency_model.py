@@ -36,3 +36,16 @@ def test_deep_coupled_cuts_and_the_constant_gap_comparison(bench):
     assert r["groups"] > 9  # the three residual-coupled groups of ResNet-20 are in
     assert 0.0 < r["gap_share"] < 1.0 and r["median_err_constant_gaps"] >= 0.0
     assert all(p < 0.9 for p, _, _, _ in r["rows"])  # counts from the fewest third: hard cuts
+
+
+def test_aimed_allocations_sit_at_the_models_target(bench):
+    threads = torch.get_num_threads()
+    try:
+        r = bench.bench_model("cifar_resnet20", 16, batch=8, threads=1, subnets=2, runs=1, aim=0.9, round_to=4,
+                              coupled=True)
+    finally:
+        torch.set_num_threads(threads)
+    for predicted, first, second, _ in r["rows"]:
+        assert 0.75 < predicted <= 0.9 + 1e-9  # filled up to the aim, as the clipper fills a budget
+    assert r["median_signed"] == pytest.approx(sorted((a + b) / 2 - p for p, a, b, _ in r["rows"])[0] / 2
+                                               + sorted((a + b) / 2 - p for p, a, b, _ in r["rows"])[1] / 2)

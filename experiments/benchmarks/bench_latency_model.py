@@ -44,7 +44,7 @@ from jointprune.models import create_model  # noqa: E402
 from jointprune.options import LatencyOptions  # noqa: E402
 from jointprune.pruning import ChannelStructure, KeepRule, extract_subnetwork, group_importance, top_k_masks  # noqa: E402
 from jointprune.pruning.latency import LatencyModel, measure_pair  # noqa: E402
-from jointprune.pruning.latency_verify import scaled  # noqa: E402
+from jointprune.pruning.latency_verify import grown_for_target, scaled  # noqa: E402
 
 import bench_latency_build  # noqa: E402  (beside this script)
 
@@ -52,11 +52,10 @@ CPU = torch.device("cpu")
 
 
 def aimed(lm, kept, candidates, aim) -> list[int]:
-    """`kept` times the largest common scale whose snapped counts the model puts at or under `aim`."""
-    top = max(float(c[-1]) / k for k, c in zip(kept, candidates))
-    batch = np.array([scaled(kept, s, candidates) for s in np.linspace(0.0, top, 401)], dtype=np.float64)
-    ok = np.flatnonzero(lm(batch) / lm.dense <= aim)
-    return [int(c) for c in batch[ok[-1] if len(ok) else 0]]
+    """`kept` times the largest common scale whose snapped counts the model puts at or under `aim`
+    (the closed loop's search, from every group at its fewest up to its full width)."""
+    step = grown_for_target(lm, kept, candidates, aim, 0.0, lambda counts: True)
+    return step[0] if step is not None else scaled(kept, 0.0, candidates)
 
 
 def build(structure, rule, batch, threads, cache_dir, calibrate=False):

@@ -42,7 +42,7 @@ def latency_fields(pm, dense_arch) -> dict:
     verify = getattr(pm, "latency_verify", None)
     if verify is not None:  # the closed loop after the agent (callbacks/latency_verify.py)
         fields.update(latency_verify=verify["rounds"], latency_verify_status=verify["status"],
-                      latency_verify_kept_round=verify.get("accepted", len(verify["rounds"]) - 1),
+                      latency_verify_kept_round=verify["accepted"],
                       latency_verify_note=verify["sentence"], latency_verify_seconds=verify.get("seconds"))
     if not met:
         log.warning(latency_miss_sentence(fields))
@@ -68,7 +68,7 @@ def latency_rows(report: dict) -> list[tuple[str, str, str, str]]:
              f"{report['latency_ratio']:.3f} +-{report['latency_noise']:.3f} (budget {report['latency_budget']}: "
              f"{verdict}; model {report['latency_model_ratio']:.3f})")]
     if report.get("latency_verify"):
-        kept = report.get("latency_verify_kept_round", len(report["latency_verify"]) - 1)
+        kept = report["latency_verify_kept_round"]
         checks = ", ".join(f"{r['measured']:.3f}" + ("*" if i == kept else "") for i, r in enumerate(report["latency_verify"]))
         rows.append(("latency check after the agent", "", "",
                      f"measured {checks} ({report['latency_verify_status']}; * the network kept)"))

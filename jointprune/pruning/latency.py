@@ -134,7 +134,8 @@ def _probe(structure: ChannelStructure) -> tuple[list[dict], list[str], np.ndarr
     return probe_from_steps(structure, base, steps, [1] * len(names), call_names)
 
 
-def _check_static(calls: list[dict], base: list[dict]) -> list[dict]:
+def _check_static(calls, base):
+    """`calls` (or a network's timed pieces), refused unless as many as the dense network's `base`."""
     if len(calls) != len(base):
         raise StructureError("the network's forward pass changed its layer calls after pruning; "
                              "jointprune needs a static forward pass.")
@@ -349,12 +350,17 @@ class LatencyModel:
         return float(total[0]) if single else total
 
 
+def _fewest_network(structure: ChannelStructure, fewest: list[int]) -> nn.Module:
+    """The network physically cut to the `fewest` counts (the first channels of each group)."""
+    from .extract import extract_subnetwork  # local: extraction is only needed for these timings
+    masks = [torch.arange(g.size) < k for g, k in zip(structure.groups, fewest)]
+    return extract_subnetwork(structure.model, structure, masks)
+
+
 def _measure_fewest(structure: ChannelStructure, fewest: list[int], device: torch.device, batch: int,
                    threads: int, repeats: int) -> float:
     """Measured latency ratio (fewest / dense) of the network cut to the fewest counts measured."""
-    from .extract import extract_subnetwork  # local: extraction is only needed for calibration
-    masks = [torch.arange(g.size) < k for g, k in zip(structure.groups, fewest)]
-    small = extract_subnetwork(structure.model, structure, masks)
+    small = _fewest_network(structure, fewest)
     return measure_pair(structure.model, small, tuple(structure.example_input.shape[1:]), device, batch, threads,
                         warmup=1, repeats=repeats)["ratio"]
 
@@ -446,13 +452,7 @@ def measure_gaps(structure: ChannelStructure, fewest: list[int], device: torch.d
     dense = time_pieces(structure.model, shape, device, batch, repeats)
     if gaps_of(dense).dense.sum() < MEASURE_FEWEST_SHARE * dense.sum():
         return [dense.tolist()]
-    from .extract import extract_subnetwork  # local: extraction is only needed here and for calibration
-    masks = [torch.arange(g.size) < k for g, k in zip(structure.groups, fewest)]
-    small = extract_subnetwork(structure.model, structure, masks)
-    cut = time_pieces(small, shape, device, batch, repeats)
-    if len(cut) != len(dense):
-        raise StructureError("the network's forward pass changed its layer calls after pruning; "
-                             "jointprune needs a static forward pass.")
+    cut = _check_static(time_pieces(_fewest_network(structure, fewest), shape, device, batch, repeats), dense)
     return [dense.tolist(), cut.tolist()]
 
 

@@ -118,7 +118,7 @@ class pinned_threads:
 Entry = Union[float, list]
 
 
-def _entry(value) -> "Entry":
+def _entry(value) -> Entry:
     """A float, or (nested) lists of floats."""
     return [_entry(v) for v in value] if isinstance(value, (list, tuple)) else float(value)
 
@@ -142,7 +142,7 @@ class LatencyCache:
         self.entries: dict[str, Entry] = self._read() if enabled else {}
         self.new: dict[str, Entry] = {}
 
-    def _read(self) -> dict[str, "Entry"]:
+    def _read(self) -> dict[str, Entry]:
         try:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -154,10 +154,10 @@ class LatencyCache:
         except (TypeError, ValueError):
             return {}
 
-    def get(self, key: str) -> Optional["Entry"]:
+    def get(self, key: str) -> Optional[Entry]:
         return self.entries.get(key)
 
-    def put(self, key: str, ms: "Entry") -> None:
+    def put(self, key: str, ms: Entry) -> None:
         self.entries[key] = self.new[key] = _entry(ms)
 
     def save(self) -> None:

@@ -194,7 +194,10 @@ def test_tiny_fit_under_a_latency_budget_exports_within_it(tmp_path, monkeypatch
     model, trainer, dm = tiny_latency_fit(
         tmp_path, AgentOptions(episodes_per_epoch=3, sac_updates=4, batch_size=8, random_epochs=1, hidden=16),
         EnvReprOptions(decoder_steps=4, dim=8),
-        LatencyOptions(grid_points=3, repeats=2, max_repeats=8, network_repeats=2, cache_dir=str(tmp_path / "cache")))
+        # the closed loop off: it may grow the export past the model's budget on a measurement (its
+        # own tests in test_latency_verify_run.py); this test is about the model's guarantee
+        LatencyOptions(grid_points=3, repeats=2, max_repeats=8, network_repeats=2, cache_dir=str(tmp_path / "cache"),
+                       verify_rounds=0))
     assert model.flops_budget == 1.0  # alone, the latency budget is the only limit
     trainer.fit(model, dm)
     lm = model.latency_model

@@ -117,6 +117,8 @@ class JointPruneModule(L.LightningModule):
         self.latency_budget, self.latency_opts = latency_budget, latency
         self.latency_model = None  # measured at setup, on the trainer's device (attach_latency_budget)
         self.latency_verify = None  # the measured check after the agent (callbacks/latency_verify.py)
+        self.latency_target: Optional[float] = None  # the model ratio episodes are clipped to (None: the budget)
+        self.latency_points: list = []  # (model, measured) ratios of the incumbents measured so far
         self.export_capture = None  # the start check's torch.export capture, reused by the export (pruning/capture.py)
         self.engine_ready = False
         # Run state that checkpoints carry (see on_save_checkpoint).
@@ -183,8 +185,15 @@ class JointPruneModule(L.LightningModule):
             return
         self.latency_model = build_latency_model(self.trainer, self.structure, self.keep_rule, self.latency_opts,
                                                      probe=self.flops.timed_probe)
+        self.aim_latency(self.latency_target)
+
+    def aim_latency(self, target: Optional[float]) -> None:
+        """Clip every later episode to `target` of the dense latency by the model (None: the
+        budget itself). The agent's measured incumbents move the target so that what the model
+        allows measures the budget (callbacks/latency_verify.py, `correct_aim`)."""
+        self.latency_target = target
         self.clipper = BudgetClipper(self.flops, self.flops_budget, self.keep_rule,
-                                     extra_costs=((self.latency_model, self.latency_budget),))
+                                     extra_costs=((self.latency_model, target or self.latency_budget),))
         self.environment = PruningEnvironment(self.structure, self.flops, self.clipper,
                                               centred=self.agent_opts.centred_actions)
 
@@ -339,14 +348,23 @@ class JointPruneModule(L.LightningModule):
                 f"decoder loss {s.get('decoder_loss', float('nan')):.4g} | agent time {s['agent_time_fraction']:.2f} | "
                 f"removed mass {s.get('removed_mass', float('nan')):.3f}"
                 + (" | random actions" if s.get("random_actions") else "")
-                + (f" | latency measured {s['latency_measured']:.3f} (model {s['latency_predicted']:.3f}, "
-                   f"{int(s['latency_rounds'])} shrink round(s))" if "latency_measured" in s else ""))
+                + self.latency_summary(s))
         bar = getattr(self.trainer, "progress_bar_callback", None)
         if self.trainer.is_global_zero:
             if bar is not None and hasattr(bar, "print"):
                 bar.print(line)  # above the progress bar, without breaking it
             else:
                 print(line, flush=True)
+
+    @staticmethod
+    def latency_summary(s: dict) -> str:
+        """The summary line's end after a latency check: the closed loop's rounds (the agent's last
+        epoch) or the aim it set for later episodes (an earlier one)."""
+        if "latency_measured" not in s:
+            return ""
+        after = (f", {int(s['latency_rounds'])} shrink round(s))" if "latency_rounds" in s
+                 else f"); episodes now aim at model {s['latency_target']:.3f}")
+        return f" | latency measured {s['latency_measured']:.3f} (model {s['latency_predicted']:.3f}{after}"
 
     def _eval_step(self, batch, split: str):
         x, y = batch
@@ -465,6 +483,8 @@ class JointPruneModule(L.LightningModule):
             "cut_stats": getattr(self, "cut_stats", None),
             "align_floor": getattr(self, "align_floor", None),
             "latency_verify": getattr(self, "latency_verify", None),
+            "latency_target": self.latency_target,
+            "latency_points": [list(p) for p in self.latency_points],
             "rng": self.pending_rng or get_rng_state(),
             # the agent's work of an epoch ends before its checkpoint (callbacks/sync.py), its
             # logging after; and pruned.json's extraction facts must survive a restart
@@ -503,6 +523,10 @@ class JointPruneModule(L.LightningModule):
             self.cut_stats = state["cut_stats"]
         self.align_floor = state.get("align_floor")
         self.latency_verify = state.get("latency_verify")
+        self.latency_points = [tuple(p) for p in state.get("latency_points") or []]
+        self.latency_target = state.get("latency_target")
+        if self.latency_model is not None:  # setup aimed at the budget: go on where the run was
+            self.aim_latency(self.latency_target)
         self.pending_rng = state["rng"]
         self.epoch_stats = dict(state.get("epoch_stats", {}))
         self.extracted_at, self.dense_test_acc = state.get("extracted_at"), state.get("dense_test_acc")

@@ -190,3 +190,4 @@ class LatencyOptions:
     cache: bool = True                 # False: measure every time, write nothing
     verify_rounds: int = 3             # after the agent: measure the incumbent, shrink it while it misses, grow it back while well under (0: off)
     verify_repeats: int = 9            # interleaved dense/incumbent pairs per such measurement (median ratio)
+    correct_each_epoch: bool = True    # also measure the incumbent after every earlier agent epoch and aim later episodes at the model ratio that measures the budget (needs verify_rounds > 0)

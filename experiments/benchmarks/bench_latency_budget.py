@@ -17,7 +17,9 @@ latency (linear between them; outside them only a dominating or dominated point 
 
 The latency-budgeted run closes the loop itself (`model.latency.verify_rounds`, default 3): after
 the agent's last epoch it measures its incumbent and shrinks it while the measurement misses the
-budget; the table counts the rounds it took.
+budget; the table counts the rounds it took. After every earlier agent epoch it also measures its
+incumbent once and aims later episodes at what should measure the budget (`correct_each_epoch`,
+the library's default; `--no-correct-each-epoch` for the aim fixed at the budget).
 
 speed-up = dense / pruned measured latency. Goals: (a) speed-up of the latency-budgeted net >=
 0.95 / b; (b) at equal measured latency the latency-budgeted net at least as accurate.
@@ -30,6 +32,7 @@ at lr 0.05 (LR below). A plot goes to --plot.
     python experiments/benchmarks/bench_latency_budget.py [--models cifar_resnet56 cifar_mobilenet_v2]
         [--budgets 0.7 0.5 0.3] [--seeds 0 1 2] [--epochs 12] [--resize 16] [--jobs 2]
         [--max-ratio-cell cifar_resnet56:0.3=0.9] [--round-to 8] [--round-to-cell cifar_resnet56:0.3=4]
+        [--no-correct-each-epoch] [--extra-rows ROWS.jsonl] [--paired-with EARLIER_ROWS.jsonl]
 """
 from __future__ import annotations
 
@@ -118,7 +121,8 @@ def run(name, seed, args, cache_dir, *, latency_budget=None, flops_budget=None, 
             agent=AgentOptions(episodes_per_epoch=4, sac_updates=30, hidden=64),
             env_repr=EnvReprOptions(dim=32, decoder_steps=30),
             reward=RewardOptions(bn_recalibration=True, recalibration_source="reward"),
-            latency=LatencyOptions(device="cpu", cache_dir=cache_dir, verify_rounds=args.verify_rounds),
+            latency=LatencyOptions(device="cpu", cache_dir=cache_dir, verify_rounds=args.verify_rounds,
+                                   correct_each_epoch=args.correct_each_epoch),
             export=ExportOptions(dirpath=str(Path(tmp) / "export")))
         trainer = L.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=1, logger=False,
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -149,6 +153,9 @@ def pair(job, args, cache_dir) -> dict:
                 "lat_met_in_run": lat_rep.get("latency_budget_met"), "lat_in_run_ratio": lat_rep.get("latency_ratio"),
                 "lat_verify": lat_rep.get("latency_verify") or [],
                 "lat_verify_status": lat_rep.get("latency_verify_status"),
+                # per earlier agent epoch: the incumbent's (model, measured) ratio and the aim that followed
+                "lat_aims": [(h["latency_predicted"], h["latency_measured"], h["latency_target"])
+                             for h in lat_rep.get("history") or [] if "latency_target" in h],
                 **{f"lat_{k}": lat_rep.get(k) for k in ("removed_mass_at_cut", "top1_before_cut", "top1_after_cut")}})
     wall = lat_rep["wall_s"]
     # two FLOPs-budgeted points: f(b) (aimed at latency b by uniform cuts) and the latency-budgeted
@@ -229,9 +236,13 @@ def main(argv=None) -> None:
     p.add_argument("--max-ratio-cell", nargs="*", help="model:budget=max_ratio for one cell, e.g. cifar_resnet56:0.3=0.9")
     p.add_argument("--round-to-cell", nargs="*", help="model:budget=round_to for one cell, e.g. cifar_resnet56:0.3=4")
     p.add_argument("--verify-rounds", type=int, default=3, help="model.latency.verify_rounds (0: no closed loop)")
+    p.add_argument("--correct-each-epoch", action=argparse.BooleanOptionalAction, default=True,
+                   help="model.latency.correct_each_epoch: the aim moves after every earlier agent epoch")
     p.add_argument("--flops-budget-cell", nargs="*", help="model:budget=f: f(b) given, not measured again")
     p.add_argument("--rows-out", help="append each finished row to this JSON-lines file")
     p.add_argument("--extra-rows", help="JSON lines of rows from an earlier run to include in the table and plot")
+    p.add_argument("--paired-with", help="JSON lines of an earlier run's rows: print the latency-budgeted runs "
+                                         "against them, seed by seed")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = [json.loads(line) for line in Path(args.extra_rows).read_text().splitlines()] if args.extra_rows else []
@@ -262,7 +273,8 @@ def main(argv=None) -> None:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
 
-    print(f"\n### Latency budget (closed loop, verify_rounds {args.verify_rounds}) vs FLOPs budget at equal measured latency "
+    aim = "aim corrected every agent epoch" if args.correct_each_epoch else "aim fixed at the budget"
+    print(f"\n### Latency budget (closed loop, verify_rounds {args.verify_rounds}, {aim}) vs FLOPs budget at equal measured latency "
           f"(CPU, {args.threads} thread(s), batch {args.batch}, digits {args.resize}x{args.resize}, {args.epochs} epochs, "
           f"round_to {args.round_to}, "
           f"seeds {args.seeds}; medians over seeds)\n")
@@ -301,7 +313,48 @@ def main(argv=None) -> None:
             mean, lo, hi = t_interval(res)
             print(f"- {name}: {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] over {len(res)} runs "
                   f"({sum(d >= 0 for d in res)} at or above the line)")
+    if args.paired_with:
+        earlier = [json.loads(line) for line in Path(args.paired_with).read_text().splitlines()]
+        print("\n" + "\n".join(paired_lines(rows, earlier)))
     plot(rows, args)
+
+
+def paired_lines(rows, earlier) -> list[str]:
+    """Per model, the latency-budgeted runs against an earlier run's of the same cell and seed: the
+    top-1 difference (points, mean [95 % CI]), how far the incumbent's first measurement after the
+    agent sat above the budget, and how many corrections the closed loop then made."""
+    before = {(r["model"], r["budget"], r["seed"]): r for r in earlier if "refused" not in r}
+    out = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        pairs = [(r, before[(r["model"], r["budget"], r["seed"])]) for r in rows
+                 if r["model"] == name and "refused" not in r and (r["model"], r["budget"], r["seed"]) in before]
+        if len(pairs) < 2:
+            continue
+        diffs = [100 * (a["lat_acc"] - b["lat_acc"]) for a, b in pairs]
+        mean, lo, hi = t_interval(diffs)
+        out += [f"- {name}, {len(pairs)} pairs: top-1 now minus before {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] points; "
+                f"per run {_listed(diffs, '+.1f')}",
+                f"  first measurement after the agent minus the budget: before "
+                f"{_listed([_first_miss(b) for _, b in pairs], '+.3f')}; now {_listed([_first_miss(a) for a, _ in pairs], '+.3f')}",
+                f"  closed-loop corrections: before {sum(_corrections(b) for _, b in pairs)} "
+                f"({_listed([_corrections(b) for _, b in pairs], 'd')}); now {sum(_corrections(a) for a, _ in pairs)} "
+                f"({_listed([_corrections(a) for a, _ in pairs], 'd')})"]
+    return out
+
+
+def _first_miss(row) -> float:
+    """The closed loop's first measurement (the agent's incumbent) minus the budget."""
+    loop = row.get("lat_verify") or []
+    return loop[0]["measured"] - row["budget"] if loop else float("nan")
+
+
+def _corrections(row) -> int:
+    """How many times the closed loop shrank or grew the incumbent after measuring it."""
+    return max(len(row.get("lat_verify") or []) - 1, 0)
+
+
+def _listed(values, fmt: str) -> str:
+    return ", ".join(format(v, fmt) for v in values)
 
 
 def plot(rows, args) -> None:

@@ -114,6 +114,7 @@ def bench_model(name, size, batch, threads, subnets, runs, seed=0, calibrate=Fal
             "median_err_constant_gaps": statistics.median(before), "gap_share": lm.gaps.dense.sum() / lm.dense,
             "median_signed": statistics.median(signed),
             "median_drift": statistics.median(drifts), "max_drift": max(drifts),
+            "kept": kept_all, "candidates": cands,
             "cal_err": statistics.median(cal_errors) if cal_errors else None}
 
 

@@ -205,23 +205,42 @@ class AgentEpisodes(L.Callback):
                           "agent_seconds": time.perf_counter() - start, "random_actions": 0.0}
 
     def _verify_latency(self, trainer, pm) -> None:
-        """After the agent's last epoch: the incumbent measured on the latency device and shrunk
-        until it meets the latency budget, or grown back while it measures well under
-        (callbacks/latency_verify.py); the summary shows it."""
+        """After an earlier agent epoch, the aim corrected (`_correct_latency_aim`); after the
+        agent's last epoch, the incumbent measured on the latency device and shrunk until it meets
+        the latency budget, or grown back while it measures well under (callbacks/latency_verify.py).
+        The summary line shows either."""
+        if latency_verify.correction_due(trainer, pm):
+            self._correct_latency_aim(trainer, pm)
         if not latency_verify.due(trainer, pm):
             return
         start = time.perf_counter()
         kept = list(pm.incumbent_kept)
         result = latency_verify.verify_incumbent(trainer, pm)
+        self._rescore_if_moved(pm, kept)
         stats = pm.epoch_stats
-        if pm.incumbent_kept != kept:  # a shrunk or grown incumbent: its reward and FLOPs are new
-            with torch.no_grad():
-                pm.incumbent_reward = self.scorer(pm.cnn, pm.incumbent_masks, *pm.reward_calibration())
-            stats["incumbent_reward"], stats["flops_ratio"] = pm.incumbent_reward, pm.flops_ratio()
         last = result["rounds"][result["accepted"]]  # the measurement of the network kept
         stats["latency_measured"], stats["latency_predicted"] = last["measured"], last["predicted"]
         stats["latency_rounds"] = float(len(result["rounds"]) - 1)
         stats["agent_seconds"] += time.perf_counter() - start
+
+    def _correct_latency_aim(self, trainer, pm) -> None:
+        """After an earlier agent epoch: the incumbent measured once, and the model ratio later
+        episodes are clipped to moved so that they measure the budget (callbacks/latency_verify.py)."""
+        start = time.perf_counter()
+        kept = list(pm.incumbent_kept)
+        out = latency_verify.correct_aim(trainer, pm)
+        self._rescore_if_moved(pm, kept)
+        stats = pm.epoch_stats
+        stats["latency_measured"], stats["latency_predicted"] = out["measured"], out["predicted"]
+        stats["latency_target"] = out["target"]
+        stats["agent_seconds"] += time.perf_counter() - start
+
+    def _rescore_if_moved(self, pm, kept: list[int]) -> None:
+        """An incumbent a latency check moved from `kept` (shrunk or grown): its reward and FLOPs are new."""
+        if pm.incumbent_kept != kept:
+            with torch.no_grad():
+                pm.incumbent_reward = self.scorer(pm.cnn, pm.incumbent_masks, *pm.reward_calibration())
+            pm.epoch_stats["incumbent_reward"], pm.epoch_stats["flops_ratio"] = pm.incumbent_reward, pm.flops_ratio()
 
     def _near_incumbent(self, pm):
         """A neighbour of the incumbent (PruningEnvironment.rollout_near), drawn on rank 0 and

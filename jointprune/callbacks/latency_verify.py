@@ -3,7 +3,12 @@ incumbent, and before the alignment empties its removed channels, measure the in
 latency model's device and shrink it until the measurement meets `model.latency_budget`, or grow
 it back while it measures well under, within every other budget (pruning/latency_verify.py).
 Rank 0 measures (ranks timing one device at once would disturb each other) and broadcasts the
-outcome; every rank then rebuilds the same masks."""
+outcome; every rank then rebuilds the same masks.
+
+After each earlier agent epoch (`latency.correct_each_epoch`), the incumbent is measured once and
+the model ratio the clipper allows is moved to the one that should measure the budget
+(`correct_aim`): the agent then searches among allocations that measure the budget, instead of
+picking one the model misjudges and having the loop shrink it uniformly at the end."""
 from __future__ import annotations
 
 import logging
@@ -16,18 +21,80 @@ from ..errors import JointPruneError
 from ..pruning import group_importance, top_k_masks
 from ..pruning.extract import extract_subnetwork
 from ..pruning.latency import measure_pair
-from ..pruning.latency_verify import floor_sentence, rounds_sentence, verify_latency
+from ..pruning.latency_verify import (NOISE_ALLOWANCE, aimed_target, floor_sentence, kept_for_target,
+                                      rounds_sentence, steadiest, verify_latency)
 from .sync import broadcast_object
 
 log = logging.getLogger("jointprune")
 
 
-def due(trainer, pm) -> bool:
-    """On the agent's last epoch, with a latency budget and `verify_rounds` > 0 (the same answer
-    on every rank: it reads only settings and the epoch)."""
+def _loop_on(pm) -> bool:
+    """A latency budget, its model, the closed loop on (`verify_rounds` > 0) and an incumbent."""
     return (getattr(pm, "latency_model", None) is not None and pm.latency_budget is not None
-            and pm.latency_opts.verify_rounds > 0 and pm.incumbent_kept is not None
-            and trainer.current_epoch == pm.epochs["agent_until"] - 1)
+            and pm.latency_opts.verify_rounds > 0 and pm.incumbent_kept is not None)
+
+
+def due(trainer, pm) -> bool:
+    """On the agent's last epoch, with the loop on (the same answer on every rank: it reads only
+    settings and the epoch)."""
+    return _loop_on(pm) and trainer.current_epoch == pm.epochs["agent_until"] - 1
+
+
+def correction_due(trainer, pm) -> bool:
+    """After each agent epoch before the last (where the loop itself runs), with
+    `latency.correct_each_epoch` and the loop on (the same answer on every rank)."""
+    return (_loop_on(pm) and pm.latency_opts.correct_each_epoch
+            and trainer.current_epoch < pm.epochs["agent_until"] - 1)
+
+
+def _measurer(pm, scores):
+    """measure(kept): the sub-network of the live CNN with `kept` channels timed against the dense
+    one on the latency model's device ({"ratio", "noise", ...})."""
+    info = pm.latency_model.info
+
+    def measure(kept):
+        small = extract_subnetwork(pm.cnn, pm.structure, top_k_masks(scores, kept))
+        return measure_pair(pm.cnn, small, pm.input_shape, torch.device(info["device"]), info["batch_size"],
+                            info["threads"], warmup=1, repeats=pm.latency_opts.verify_repeats)
+    return measure
+
+
+def _unmeasurable(err: Exception, device: str, when: str) -> str:
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return (f"the incumbent's latency could not be measured on {device} {when} ({reason}); "
+            "set model.latency.verify_rounds: 0 to skip the check.")
+
+
+def correct_aim(trainer, pm) -> dict:
+    """Measure the incumbent (rank 0, broadcast) and aim the clipper at the model ratio that should
+    measure the budget, from every incumbent measured so far (`aimed_target`); an incumbent the
+    new aim does not allow is shrunk to it, keeping its shape. A measurement noisier than
+    NOISE_ALLOWANCE x budget moves nothing. Returns {"predicted", "measured", "noise", "target"}."""
+    lm, budget = pm.latency_model, pm.latency_budget
+    scores = group_importance(pm.cnn, pm.structure, pm.pruning.importance)
+    kept = [int(k) for k in pm.incumbent_kept]
+    result: object = None
+    if trainer.is_global_zero:
+        try:
+            with torch.random.fork_rng(devices=[]):  # rank 0 alone must not move the global generator
+                m, _ = steadiest(_measurer(pm, scores), kept, budget)
+            result = {"predicted": float(lm(np.asarray(kept, dtype=np.float64)) / lm.dense),
+                      "measured": float(m["ratio"]), "noise": float(m["noise"])}
+        except (RuntimeError, JointPruneError) as err:  # every rank raises it, nobody waits in the broadcast
+            result = _unmeasurable(err, lm.info["device"], "during the agent's epochs")
+    result = broadcast_object(result)
+    if isinstance(result, str):
+        raise JointPruneError(result)
+    target = pm.latency_target if pm.latency_target is not None else budget
+    if result["noise"] <= NOISE_ALLOWANCE * budget:
+        pm.latency_points = list(pm.latency_points) + [(result["predicted"], result["measured"])]
+        floor = float(lm(pm.clipper.fewest) / lm.dense)  # every group at its fewest allowed count
+        target = aimed_target(budget, pm.latency_points, floor)
+        pm.aim_latency(target)
+        if result["predicted"] > target:
+            pm.incumbent_kept, _ = kept_for_target(lm, kept, pm.clipper.candidates, target, below_scale=1.0 + 1e-9)
+            pm.incumbent_masks = top_k_masks(scores, pm.incumbent_kept)
+    return dict(result, target=target)
 
 
 def verify_incumbent(trainer, pm) -> dict:
@@ -35,16 +102,12 @@ def verify_incumbent(trainer, pm) -> dict:
     the result. Returns pm.latency_verify: {"status", "rounds", "sentence", "seconds"}."""
     lm, opts = pm.latency_model, pm.latency_opts
     info = lm.info
-    device = torch.device(info["device"])
     scores = group_importance(pm.cnn, pm.structure, pm.pruning.importance)
     candidates = pm.clipper.candidates
     result: object = None
     started = time.perf_counter()
     if trainer.is_global_zero:
-        def measure(kept):
-            small = extract_subnetwork(pm.cnn, pm.structure, top_k_masks(scores, kept))
-            return measure_pair(pm.cnn, small, pm.input_shape, device, info["batch_size"], info["threads"],
-                                warmup=1, repeats=opts.verify_repeats)
+        measure = _measurer(pm, scores)
 
         def fits(kept):  # every budget but the latency one, which the measurement decides
             counts = np.asarray(kept, dtype=np.float64)
@@ -56,9 +119,7 @@ def verify_incumbent(trainer, pm) -> dict:
                 result = verify_latency(lm, pm.incumbent_kept, candidates, pm.latency_budget, opts.verify_rounds,
                                         measure, fits)
         except (RuntimeError, JointPruneError) as err:  # every rank raises it, nobody waits in the broadcast
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            result = (f"the incumbent's latency could not be measured on {device} after the agent ({reason}); "
-                      "set model.latency.verify_rounds: 0 to skip the check.")
+            result = _unmeasurable(err, info["device"], "after the agent")
     result = broadcast_object(result)
     if isinstance(result, str):
         raise JointPruneError(result)

@@ -48,3 +48,17 @@ def test_per_cell_settings_parse_model_budget_and_value(bench):
     assert bench.per_cell(["cifar_resnet56:0.3=4", "cifar_mobilenet_v2:0.5=8"], int) == \
         {("cifar_resnet56", 0.3): 4, ("cifar_mobilenet_v2", 0.5): 8}
     assert bench.per_cell(None, float) == {}
+
+
+def test_runs_are_paired_with_an_earlier_run_seed_by_seed(bench):
+    def run(seed, acc, first, rounds, model="m"):
+        loop = [{"measured": first}] + [{"measured": 0.5}] * rounds
+        return {"model": model, "budget": 0.5, "seed": seed, "lat_acc": acc, "lat_verify": loop}
+    now = [run(0, 0.90, 0.49, 0), run(1, 0.80, 0.52, 1), run(2, 0.70, 0.5, 0), {"model": "m", "budget": 0.3,
+                                                                               "seed": 0, "refused": "x"}]
+    before = [run(1, 0.78, 0.60, 2), run(0, 0.86, 0.58, 1)]  # seed 2 has no partner: left out
+    lines = bench.paired_lines(now, before)
+    assert lines[0].startswith("- m, 2 pairs: top-1 now minus before +3.00 [")
+    assert "per run +4.0, +2.0" in lines[0]
+    assert "before +0.080, +0.100; now -0.010, +0.020" in lines[1]
+    assert lines[2].strip() == "closed-loop corrections: before 3 (1, 2); now 1 (0, 1)"

@@ -35,7 +35,11 @@ def test_deep_coupled_cuts_and_the_constant_gap_comparison(bench):
         torch.set_num_threads(threads)
     assert r["groups"] > 9  # the three residual-coupled groups of ResNet-20 are in
     assert 0.0 < r["gap_share"] < 1.0 and r["median_err_constant_gaps"] >= 0.0
-    assert all(p < 0.9 for p, _, _, _ in r["rows"])  # counts from the fewest third: hard cuts
+    # Counts from the fewest third: hard cuts. Asserted on the counts, not on the predicted ratio,
+    # which comes from tables timed at batch 2 on a shared host and once read above 0.9 in CI.
+    for kept in r["kept"]:
+        assert all(k in c[:max(1, len(c) // 3)] for k, c in zip(kept, r["candidates"]))
+        assert any(k < max(c) for k, c in zip(kept, r["candidates"]))
 
 
 def test_aimed_allocations_sit_at_the_models_target(bench):

@@ -162,9 +162,9 @@ class DigitsChain(Chain):
         self.fc = nn.Linear(12, 10)
 
 
-def tiny_latency_fit(tmp_path, agent, env_repr, latency):
-    """A 3-epoch run of DigitsChain under latency budget 0.9 alone (agent at epoch 1, cut at 2):
-    (module, trainer, data), not yet fitted."""
+def tiny_latency_fit(tmp_path, agent, env_repr, latency, agent_epochs: int = 1):
+    """A run of DigitsChain under latency budget 0.9 alone (one warm-up epoch, `agent_epochs` agent
+    epochs, the cut right after them, one more epoch): (module, trainer, data), not yet fitted."""
     import lightning as L
 
     from jointprune.data import DigitsDataModule
@@ -177,9 +177,9 @@ def tiny_latency_fit(tmp_path, agent, env_repr, latency):
     dm = DigitsDataModule(resize=16, batch_size=128, reward_size=64)
     model = JointPruneModule(
         DigitsChain(), latency_budget=0.9, input_shape=dm.input_shape, num_classes=dm.num_classes,
-        schedule=ScheduleOptions(warmup_epochs=1, agent_until=2, extract_at=2), agent=agent, env_repr=env_repr,
-        latency=latency, export=ExportOptions(dirpath=str(tmp_path / "export")))
-    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+        schedule=ScheduleOptions(warmup_epochs=1, agent_until=1 + agent_epochs, extract_at=1 + agent_epochs),
+        agent=agent, env_repr=env_repr, latency=latency, export=ExportOptions(dirpath=str(tmp_path / "export")))
+    trainer = L.Trainer(max_epochs=2 + agent_epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     return model, trainer, dm
 

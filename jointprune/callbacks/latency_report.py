@@ -37,6 +37,7 @@ def latency_fields(pm, dense_arch) -> dict:
         "latency_device_name": info["device_name"],
         "latency_batch_size": info["batch_size"],
         "latency_threads": info["threads"],
+        "latency_allocator": info.get("allocator"),
         "latency_table_seconds": info["build_seconds"],
     }
     verify = getattr(pm, "latency_verify", None)

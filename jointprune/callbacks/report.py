@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch_pruning as tp
 
 from ..errors import JointPruneError
 from ..pruning.export import ExportError, load_report
+from ..pruning.latency_table import time_ms
 from ..pruning.masks import eval_mode
 from .latency_report import latency_fields, latency_rows
 
@@ -32,19 +32,19 @@ def evaluate(model: nn.Module, loader, device, masks=None, plan=None) -> float:
 @torch.no_grad()
 def cpu_latencies_ms(models: dict, input_shape, batch: int = 64, runs: int = 3) -> dict:
     """Median CPU latency per model, the runs interleaved (a, b, a, b, ...) after one warm-up
-    each, so drift on a busy machine hits every model alike with fewer runs in all."""
+    each, so drift on a busy machine hits every model alike with fewer runs in all. Inference as
+    deployed: no autograd, a steady host allocator (utils/allocator.py)."""
     import copy
     live = {k: copy.deepcopy(m).to("cpu", memory_format=torch.contiguous_format).eval()
             for k, m in models.items() if m is not None}
     x = torch.randn(batch, *input_shape)
     times = {k: [] for k in live}
+    cpu = torch.device("cpu")
     for m in live.values():
-        m(x)  # warm-up
+        time_ms(lambda: m(x), cpu, 1, 0)  # warm-up
     for _ in range(runs):
         for k, m in live.items():
-            start = time.perf_counter()
-            m(x)
-            times[k].append((time.perf_counter() - start) * 1000)
+            times[k] += time_ms(lambda: m(x), cpu, 0, 1)
     return {k: (statistics.median(times[k]) if k in times else None) for k in models}
 
 

@@ -20,6 +20,10 @@ the channels when such gaps are too small a share to be worth timing the fewest 
 constant, these gaps (12 % of ResNet-56's dense latency with its residual streams pruned) made
 a hard cut look 1.6x slower than it measures.
 
+Every timing runs on a steady host allocator (utils/allocator.py): with glibc's defaults a cold
+process pays page faults for its activations on every forward, and the tables, built at the start
+of a run, disagreed with measurements taken after training by a factor of two at hard cuts.
+
 Latency is not monotone in channel counts (CPU kernels block channels in 8s and 16s): nothing
 here assumes it is, and the clipper searches the feasible counts instead.
 """
@@ -40,6 +44,7 @@ from torch_pruning.utils import op_counter
 
 from ..errors import JointPruneError
 from ..options import LatencyOptions
+from ..utils.allocator import steady_allocator
 from .latency_table import LatencyCache, device_name, pinned_threads, steady_ms, synchronize, time_ms
 from .structure import BATCHNORM, ChannelStructure, StructureError, forward_with_hooks
 
@@ -304,6 +309,7 @@ class LatencyModel:
                 table[idx] += cache.get(_key(calls[i], q, batch_size))
         info = {"device": str(device), "device_name": device_name(device), "batch_size": int(batch_size),
                 "threads": int(threads), "torch": torch.__version__, "grid_points": options.grid_points,
+                "allocator": steady_allocator(),
                 "timed_entries": timed, "cache_hit": timed == 0, "cache_file": str(cache.path),
                 "build_seconds": time.perf_counter() - started, "probe_seconds": probed - started,
                 "layer_seconds": layers_done - probed, "groups": n_groups}
@@ -462,6 +468,7 @@ def time_pieces(model: nn.Module, input_shape, device: torch.device, batch: int,
     each gap between calls where untimed ops such as adds run (gap, call 0, gap, ..., call n-1,
     gap), every piece's fastest of `repeats` forwards. Timing pieces rather than the whole forward
     keeps a loaded machine's preemptions out, as `steady_ms` keeps them out of the tables."""
+    steady_allocator()  # as every timing (utils/allocator.py)
     net = copy.deepcopy(model).to(device, memory_format=torch.contiguous_format).eval()
     x = torch.randn(batch, *input_shape, device=device)
     modules = [m for m in net.modules() if _timed_module(m)]

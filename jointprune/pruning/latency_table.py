@@ -20,9 +20,12 @@ from typing import Callable, Optional, Union
 import torch
 
 from ..errors import JointPruneError
+from ..utils.allocator import steady_allocator
 from ..utils.atomic import atomic_write_json
 
-CACHE_FORMAT = 2  # 2: a network's timed pieces (dense and fewest) are lists
+# 2: a network's timed pieces (dense and fewest) are lists; 3: timed on a steady allocator
+# (utils/allocator.py): entries timed before could carry a cold process's page faults
+CACHE_FORMAT = 3
 
 
 def resolve_device(spec: Optional[str], default: torch.device) -> torch.device:
@@ -71,7 +74,9 @@ def synchronize(device: torch.device) -> None:
 
 @torch.no_grad()
 def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list[float]:
-    """Milliseconds of `repeats` calls of `fn` after `warmup` calls (device synchronised)."""
+    """Milliseconds of `repeats` calls of `fn` after `warmup` calls (device synchronised), on a
+    steady host allocator (utils/allocator.py)."""
+    steady_allocator()
     for _ in range(warmup):
         fn()
     out = []

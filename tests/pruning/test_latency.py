@@ -16,6 +16,7 @@ from jointprune.pruning import latency as latency_mod
 from jointprune.pruning.latency import LatencyModel, check_latency_budget
 from jointprune.pruning.latency_table import LatencyCache, resolve_device
 from jointprune.pruning.latency_setup import check_options
+from jointprune.utils.allocator import steady_allocator
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pruning_helpers import one_thread  # noqa: E402,F401
@@ -208,6 +209,8 @@ def test_tiny_fit_under_a_latency_budget_exports_within_it(tmp_path, monkeypatch
     for key in ("latency_budget", "dense_latency_ms", "pruned_latency_ms", "latency_device", "latency_batch_size",
                 "latency_threads", "latency_budget_met"):
         assert key in report
+    # timed on the steady allocator, and the report says so (utils/allocator.py)
+    assert report["latency_allocator"] == lm.info["allocator"] == steady_allocator()
     assert report["latency_budget"] == 0.9 and report["latency_batch_size"] == 128
     assert report["latency_model_ratio"] == pytest.approx(lm(model.incumbent_kept) / lm.dense)
 

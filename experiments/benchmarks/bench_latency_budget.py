@@ -27,10 +27,12 @@ speed-up = dense / pruned measured latency. Goals: (a) speed-up of the latency-b
 Residual-coupled groups are pruned too (--no-prune-coupled to switch off): without them ResNet-56
 cannot reach 0.5 of its CPU latency (smallest reachable 0.57). Sizes are reduced for a shared
 2-core CPU: digits at --resize (default 16), --epochs (default 12), few agent episodes, ResNet-56
-at lr 0.05 (LR below). A plot goes to --plot.
+at lr 0.05 (LR below). `--task clutter20` trains on bench_methods.py's cluttered digits instead
+(20x20 canvas, 2,500 training and 5,000 test images), where capacity matters more than on digits,
+which every network here nearly solves. A plot goes to --plot.
 
     python experiments/benchmarks/bench_latency_budget.py [--models cifar_resnet56 cifar_mobilenet_v2]
-        [--budgets 0.7 0.5 0.3] [--seeds 0 1 2] [--epochs 12] [--resize 16] [--jobs 2]
+        [--budgets 0.7 0.5 0.3] [--seeds 0 1 2] [--epochs 12] [--resize 16] [--task digits] [--jobs 2]
         [--max-ratio-cell cifar_resnet56:0.3=0.9] [--round-to 8] [--round-to-cell cifar_resnet56:0.3=4]
         [--no-correct-each-epoch] [--extra-rows ROWS.jsonl] [--paired-with EARLIER_ROWS.jsonl]
 """
@@ -56,7 +58,7 @@ import lightning as L  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from jointprune.data import DigitsDataModule  # noqa: E402
+from jointprune.data import ClutteredDigitsDataModule, DigitsDataModule  # noqa: E402
 from jointprune.errors import JointPruneError  # noqa: E402
 from jointprune.models import create_model  # noqa: E402
 from jointprune.module import JointPruneModule  # noqa: E402
@@ -73,6 +75,19 @@ KWARGS = {"cifar_mobilenet_v2": {"width_mult": 0.5}}  # thinner MobileNetV2: aff
 # ResNet-56 at the library's lr 0.1 does not train on digits' 18 steps per epoch (plain SGD, no
 # pruning: loss 2.2 and 10 % top-1 after 6 epochs; at 0.05: 93 %), so it gets a smaller one here.
 LR = {"cifar_resnet56": 0.05}
+
+
+def make_data(args):
+    """The task's DataModule, the same split for every seed (the runs of one seed pair by weights)."""
+    if args.task == "clutter20":  # bench_methods.py's TASKS["clutter20"], its batch and reward split ours
+        return ClutteredDigitsDataModule(canvas=20, min_side=10, max_side=16, clutter=3, clutter_side=5,
+                                         train_size=2500, test_size=5000, batch_size=args.batch, reward_size=64, seed=0)
+    return DigitsDataModule(resize=args.resize, batch_size=args.batch, reward_size=64, seed=0)
+
+
+def input_shape(args) -> tuple[int, int, int]:
+    side = 20 if args.task == "clutter20" else args.resize
+    return (3, side, side)
 
 
 def make_cnn(name: str, seed: int):
@@ -108,7 +123,7 @@ def matched_flops_budget(name, input_shape, batch, threads, budget, coupled, max
 
 def run(name, seed, args, cache_dir, *, latency_budget=None, flops_budget=None, max_ratio=0.8, round_to=1):
     L.seed_everything(seed)
-    dm = DigitsDataModule(resize=args.resize, batch_size=args.batch, reward_size=64, seed=0)
+    dm = make_data(args)
     with tempfile.TemporaryDirectory() as tmp:
         model = JointPruneModule(
             make_cnn(name, seed), flops_budget=flops_budget, latency_budget=latency_budget,
@@ -139,7 +154,7 @@ def pair(job, args, cache_dir) -> dict:
     """One seed of one cell: the latency-budgeted run and two FLOPs-budgeted runs (at f(b), and at
     the FLOPs the latency-budgeted network ended with), all three timed against dense."""
     name, b, seed, f, max_ratio, round_to = job
-    shape = (3, args.resize, args.resize)
+    shape = input_shape(args)
     keep = {"max_ratio": max_ratio, "round_to": round_to}
     try:
         lat_net, lat_rep, _ = run(name, seed, args, cache_dir, latency_budget=b, **keep)
@@ -170,6 +185,10 @@ def pair(job, args, cache_dir) -> dict:
     row["wall_s"] = wall
     row.update(flops_curve_at(row))
     return row
+
+
+def task_label(args) -> str:
+    return "cluttered digits 20x20" if args.task == "clutter20" else f"digits {args.resize}x{args.resize}"
 
 
 def flops_curve_at(row) -> dict:
@@ -222,7 +241,8 @@ def main(argv=None) -> None:
     p.add_argument("--budgets", nargs="+", type=float, default=[0.7, 0.5, 0.3])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--resize", type=int, default=16)
+    p.add_argument("--resize", type=int, default=16, help="digits' side (--task digits)")
+    p.add_argument("--task", choices=["digits", "clutter20"], default="digits")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--prune-coupled", action=argparse.BooleanOptionalAction, default=True,
@@ -254,7 +274,7 @@ def main(argv=None) -> None:
         for name, b in cells:
             if (name, b) in matched:
                 continue
-            matched[(name, b)] = matched_flops_budget(name, (3, args.resize, args.resize), args.batch, args.threads,
+            matched[(name, b)] = matched_flops_budget(name, input_shape(args), args.batch, args.threads,
                                                       b, args.prune_coupled, ratios[(name, b)], args.runs, rounds[(name, b)])
             print(f"{name} b={b}: f(b)={matched[(name, b)]:.3f} (max_ratio {ratios[(name, b)]}, "
                   f"round_to {rounds[(name, b)]})", flush=True)
@@ -275,7 +295,7 @@ def main(argv=None) -> None:
 
     aim = "aim corrected every agent epoch" if args.correct_each_epoch else "aim fixed at the budget"
     print(f"\n### Latency budget (closed loop, verify_rounds {args.verify_rounds}, {aim}) vs FLOPs budget at equal measured latency "
-          f"(CPU, {args.threads} thread(s), batch {args.batch}, digits {args.resize}x{args.resize}, {args.epochs} epochs, "
+          f"(CPU, {args.threads} thread(s), batch {args.batch}, {task_label(args)}, {args.epochs} epochs, "
           f"round_to {args.round_to}, "
           f"seeds {args.seeds}; medians over seeds)\n")
     print("| model | latency budget | measured latency ratio | speed-up (goal >= 0.95/b) | test top-1 | shrink rounds "

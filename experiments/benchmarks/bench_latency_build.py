@@ -66,14 +66,14 @@ def build_cost(rounds: int) -> dict:
         print(f"round {r}: FLOPs model {flops_s:.2f} s | tables {empty_s:.2f} s empty cache ({entries} entries timed), "
               f"{cached_s:.2f} s cached | training epoch {epoch_s:.2f} s", flush=True)
     med = [statistics.median(col) for col in zip(*rows)]
-    return dict(zip(("flops_s", "tables_s", "cached_s", "epoch_s"), med), rounds=rounds)
+    return dict(zip(("flops_s", "tables_s", "cached_s", "epoch_s"), med), rounds=rounds, threads=torch.get_num_threads())
 
 
 def print_cost(cost: dict) -> None:
     print(f"\n| threads | FLOPs model s | tables s (empty cache) | tables s (cached) | epoch s | tables / epoch |")
     print("|---|---|---|---|---|---|")
     share = cost["tables_s"] / cost["epoch_s"]
-    print(f"| {torch.get_num_threads()} | {cost['flops_s']:.2f} | {cost['tables_s']:.2f} | {cost['cached_s']:.2f} | "
+    print(f"| {cost['threads']} | {cost['flops_s']:.2f} | {cost['tables_s']:.2f} | {cost['cached_s']:.2f} | "
           f"{cost['epoch_s']:.2f} | {share:.1%} (cached {cost['cached_s'] / cost['epoch_s']:.1%}) |")
     print(f"goal (issue 11) tables under 10 % of an epoch: {'met' if share < 0.10 else 'MISSED'} "
           f"(median of {cost['rounds']} rounds)")

@@ -2,6 +2,7 @@
 slower, FLOPs shares that match the exact model, a plot that names its groups."""
 from __future__ import annotations
 
+import copy
 import io
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 import torch_pruning as tp
 
-from jointprune.callbacks.report import flops_shares, speed_words, table_lines, width_plot_png
+from jointprune.callbacks.report import cpu_latencies_ms, flops_shares, speed_words, table_lines, width_plot_png
 from jointprune.pruning import ChannelStructure, FlopsModel
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "pruning"))
@@ -95,3 +96,31 @@ def test_a_bad_export_folder_or_baseline_stops_before_training(tmp_path):
     with pytest.raises(JointPruneError, match=r"^model\.export\.baseline='.*nowhere': .* is not a jointprune pruned export"):
         setup(dirpath=str(tmp_path / "new"), baseline=str(tmp_path / "nowhere"))
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+class GradProbe(torch.nn.Module):
+    """Records whether autograd was on in each forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.grad_on: list[bool] = []
+
+    def forward(self, x):
+        self.grad_on.append(torch.is_grad_enabled())
+        return self.conv(x)
+
+
+def test_the_final_tables_cpu_latency_is_inference_without_autograd(monkeypatch):
+    seen = []
+    real_deepcopy = copy.deepcopy
+
+    def keep(m, *a):  # the timed copies, to read what their forwards saw
+        out = real_deepcopy(m, *a)
+        seen.append(out)
+        return out
+    monkeypatch.setattr("copy.deepcopy", keep)
+    out = cpu_latencies_ms({"dense": GradProbe(), "pruned": GradProbe(), "missing": None}, (3, 8, 8), batch=2, runs=3)
+    assert out["dense"] > 0 and out["pruned"] > 0 and out["missing"] is None
+    calls = [flag for m in seen for flag in m.grad_on]
+    assert len(calls) == 2 * (1 + 3) and not any(calls)  # a warm-up and 3 timed runs each, none building a graph

@@ -62,3 +62,11 @@ def test_runs_are_paired_with_an_earlier_run_seed_by_seed(bench):
     assert "per run +4.0, +2.0" in lines[0]
     assert "before +0.080, +0.100; now -0.010, +0.020" in lines[1]
     assert lines[2].strip() == "closed-loop corrections: before 3 (1, 2); now 1 (0, 1)"
+
+
+def test_the_cluttered_task_matches_its_input_shape(bench):
+    import argparse
+    args = argparse.Namespace(task="clutter20", resize=16, batch=16)
+    dm = bench.make_data(args)
+    assert tuple(dm.input_shape) == bench.input_shape(args) == (3, 20, 20)
+    assert bench.input_shape(argparse.Namespace(task="digits", resize=16)) == (3, 16, 16)

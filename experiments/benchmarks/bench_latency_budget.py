@@ -68,7 +68,7 @@ from jointprune.pruning import ChannelStructure, FlopsModel, KeepRule  # noqa: E
 from jointprune.pruning import group_importance, top_k_masks  # noqa: E402
 from jointprune.pruning.extract import extract_subnetwork  # noqa: E402
 from jointprune.pruning.latency import measure_pair  # noqa: E402
-from bench_methods import t_interval  # noqa: E402
+from bench_methods import TASKS, t_interval  # noqa: E402
 
 CPU = torch.device("cpu")
 KWARGS = {"cifar_mobilenet_v2": {"width_mult": 0.5}}  # thinner MobileNetV2: affordable on a shared CPU
@@ -79,15 +79,15 @@ LR = {"cifar_resnet56": 0.05}
 
 def make_data(args):
     """The task's DataModule, the same split for every seed (the runs of one seed pair by weights)."""
-    if args.task == "clutter20":  # bench_methods.py's TASKS["clutter20"], its batch and reward split ours
-        return ClutteredDigitsDataModule(canvas=20, min_side=10, max_side=16, clutter=3, clutter_side=5,
-                                         train_size=2500, test_size=5000, batch_size=args.batch, reward_size=64, seed=0)
+    if args.task == "clutter20":  # bench_methods.py's task, with this bench's batch and reward split
+        spec = {k: v for k, v in TASKS["clutter20"]["data"].items() if k != "kind"}
+        return ClutteredDigitsDataModule(**{**spec, "batch_size": args.batch, "reward_size": 64, "seed": 0})
     return DigitsDataModule(resize=args.resize, batch_size=args.batch, reward_size=64, seed=0)
 
 
 def input_shape(args) -> tuple[int, int, int]:
-    side = 20 if args.task == "clutter20" else args.resize
-    return (3, side, side)
+    """The task's input shape, as its DataModule states it (set on construction, no data made)."""
+    return tuple(make_data(args).input_shape)
 
 
 def make_cnn(name: str, seed: int):

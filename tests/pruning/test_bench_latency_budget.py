@@ -69,4 +69,4 @@ def test_the_cluttered_task_matches_its_input_shape(bench):
     args = argparse.Namespace(task="clutter20", resize=16, batch=16)
     dm = bench.make_data(args)
     assert tuple(dm.input_shape) == bench.input_shape(args) == (3, 20, 20)
-    assert bench.input_shape(argparse.Namespace(task="digits", resize=16)) == (3, 16, 16)
+    assert bench.input_shape(argparse.Namespace(task="digits", resize=16, batch=16)) == (3, 16, 16)

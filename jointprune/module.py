@@ -24,6 +24,7 @@ from .agent import EnvironmentRepresentation, ReplayBuffer, RewardDecoder, SoftA
 from .agent.episode import STATE_DIM, PruningEnvironment
 from .agent.training import check_agent_options
 from .errors import JointPruneError
+from .agent.reward import check_reward_metric
 from .utils.memory_format import check_memory_format, to_memory_format
 from .models.checks import check_exportable, check_outputs
 from .options import (AgentOptions, AlignmentOptions, ClusterOptions, EnvReprOptions, ExportOptions,
@@ -99,6 +100,7 @@ class JointPruneModule(L.LightningModule):
         check_memory_format(optim.memory_format)
         schedule, agent, env_repr = _as(ScheduleOptions, schedule), _as(AgentOptions, agent), _as(EnvReprOptions, env_repr)
         reward, export = _as(RewardOptions, reward), _as(ExportOptions, export)
+        check_reward_metric(reward.metric)
         cluster = _as(ClusterOptions, cluster)
         latency = _as(LatencyOptions, latency)
         # Options are stored as plain dicts so that checkpoints load with weights_only=True.

@@ -126,6 +126,11 @@ class RewardOptions:
     # "train": re-estimate on training batches, then score (two passes). "reward": score with
     # the BN statistics of the reward images themselves (AdaBN-style, one pass, half the cost).
     recalibration_source: Literal["train", "reward"] = "train"
+    # "top1": a sub-network's top-1 on the reward images (the paper's). "true_prob": the mean
+    # probability it gives the true class, on the same 0-1 scale: every image counts by how sure
+    # the network is, so a few hundred images rank sub-networks on the same weights far closer to
+    # a large sample's top-1 (experiments/benchmarks/study_reward_metric.py). [ours]
+    metric: Literal["top1", "true_prob"] = "top1"
     max_samples: Optional[int] = None  # screen episodes on the first this many reward images (speed knob)
     # An episode that beats the incumbent on the screening images replaces it only if it also wins
     # on this many further reward images (disjoint from the screening ones), both re-scored there:

@@ -1,4 +1,7 @@
-"""The reward: top-1 accuracy of a masked sub-network on the reward split.
+"""The reward: top-1 accuracy of a masked sub-network on the reward split (`reward.metric: top1`,
+the paper's), or the mean probability it gives the true class (`true_prob`): top-1's smooth
+counterpart on the same 0-1 scale, which tells two sub-networks apart on far fewer images because
+every image counts by how sure the network is, not only the few it classifies differently.
 
 Under DDP each rank scores its own shard of the reward split and the counts are summed, so
 every rank gets the same reward while the work is divided. Optional BN recalibration
@@ -13,19 +16,29 @@ from typing import Callable, ContextManager, Iterable
 import torch
 import torch.nn as nn
 
+from ..errors import JointPruneError
 from ..pruning.masks import MaskPlan, eval_mode
+
+METRICS = ("top1", "true_prob")
+
+
+def check_reward_metric(metric) -> None:
+    if metric not in METRICS:
+        raise JointPruneError(f"model.reward.metric={metric!r} is not a reward; use one of {list(METRICS)}.")
 
 
 class RewardScorer:
     """`x` may be kept compact (uint8, 4x smaller than float32) with `normalize` turning each
     batch into the network's input on the device; `precision` is a context-manager factory (the
-    trainer's autocast under bf16-mixed) that scoring and recalibration run under."""
+    trainer's autocast under bf16-mixed) that scoring and recalibration run under. `metric`:
+    "top1" or "true_prob" (see the module's docstring)."""
 
     def __init__(self, plan: MaskPlan, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 512,
                  all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 precision: Callable[[], ContextManager] | None = None):
-        self.plan, self.x, self.y, self.batch_size = plan, x, y, batch_size
+                 precision: Callable[[], ContextManager] | None = None, metric: str = "top1"):
+        check_reward_metric(metric)
+        self.plan, self.x, self.y, self.batch_size, self.metric = plan, x, y, batch_size, metric
         self.all_reduce = all_reduce
         self.normalize = normalize or (lambda xb: xb)
         self.precision = precision or nullcontext
@@ -40,17 +53,21 @@ class RewardScorer:
     @torch.no_grad()
     def score(self, model: nn.Module, masks: list[torch.Tensor] | None,
               recalibrate: Iterable[torch.Tensor] | None = None, batch_stats: bool = False):
-        """(top-1 over every rank's images, this rank's per-image hits as a bool tensor): the
-        hits let two sub-networks be compared on the same images (`paired_gain`)."""
+        """(the reward over every rank's images, this rank's per-image values: hits as a bool
+        tensor for top1, the true class's probability as a float tensor for true_prob): they let
+        two sub-networks be compared on the same images (`paired_gain`)."""
         with self.precision():
             return self._score(model, masks, recalibrate, batch_stats)
 
     def paired_gain(self, hits_a: torch.Tensor, hits_b: torch.Tensor) -> tuple[float, float]:
-        """(top-1 of b minus top-1 of a, the standard error of that difference) on the same
-        images. Paired (McNemar): only the images the two classify differently count, so two
-        similar sub-networks are told apart with far fewer images than two separate top-1
-        errors would need. The difference is shrunk by one image toward zero (McNemar's
-        continuity correction): with few disagreements, 2 to 0 is no evidence."""
+        """(reward of b minus reward of a, the standard error of that difference) on the same
+        images. For hits (top1) this is McNemar's: only the images the two classify differently
+        count, so two similar sub-networks are told apart with far fewer images than two separate
+        top-1 errors would need, and the difference is shrunk by one image toward zero (the
+        continuity correction: with few disagreements, 2 to 0 is no evidence). For probabilities
+        (true_prob) it is the paired mean difference and its standard error."""
+        if hits_a.dtype != torch.bool:
+            return self._paired_mean_gain(hits_a, hits_b)
         counts = torch.stack([(hits_b & ~hits_a).sum(), (hits_a & ~hits_b).sum(),
                               torch.tensor(len(hits_a), device=hits_a.device)]).double()
         if self.all_reduce is not None:
@@ -62,6 +79,18 @@ class RewardScorer:
         var = max((b_only + a_only) / n - diff * diff, 0.0)
         corrected = max(abs(b_only - a_only) - 1.0, 0.0) / n
         return (corrected if diff >= 0 else -corrected), (var / n) ** 0.5
+
+    def _paired_mean_gain(self, a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+        d = (b - a).double()
+        sums = torch.stack([d.sum(), (d * d).sum(), torch.tensor(float(len(d)), device=d.device, dtype=torch.double)])
+        if self.all_reduce is not None:
+            sums = self.all_reduce(sums)
+        total, squares, n = (float(v) for v in sums.cpu())
+        if n <= 0:
+            return 0.0, 0.0
+        mean = total / n
+        var = max(squares / n - mean * mean, 0.0) * n / max(n - 1.0, 1.0)
+        return mean, (var / n) ** 0.5
 
     def _score(self, model, masks, recalibrate, batch_stats):
         saved = recalibrate_bn(model, self.plan, masks, recalibrate) if recalibrate is not None else None
@@ -78,7 +107,11 @@ class RewardScorer:
                         logits = model(xb)
                     else:
                         logits = torch.func.functional_call(model, params, (xb,), strict=False)
-                    hits.append(logits.argmax(1) == self.y[i:i + self.batch_size])
+                    yb = self.y[i:i + self.batch_size]
+                    if self.metric == "top1":
+                        hits.append(logits.argmax(1) == yb)
+                    else:  # softmax in float32 whatever the autocast dtype: a sum of probabilities
+                        hits.append(logits.float().softmax(1).gather(1, yb[:, None])[:, 0])
                     correct[0] += hits[-1].sum()
                 correct[1] += len(self.x)
         finally:
@@ -86,7 +119,8 @@ class RewardScorer:
                 restore_buffers(model, saved)
         if self.all_reduce is not None:
             correct = self.all_reduce(correct)
-        hits = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool, device=self.x.device)
+        empty_dtype = torch.bool if self.metric == "top1" else torch.float32
+        hits = torch.cat(hits) if hits else torch.zeros(0, dtype=empty_dtype, device=self.x.device)
         return float(correct[0] / correct[1].clamp_min(1)), hits
 
 

@@ -73,7 +73,7 @@ class AgentEpisodes(L.Callback):
             x, y, normalize = shard(x[start:start + count]), shard(y[start:start + count]), None
         return RewardScorer(pm.plan, x.to(pm.device), y.to(pm.device), normalize=normalize,
                             batch_size=pm.reward_opts.batch_size, all_reduce=all_reduce_sum,
-                            precision=pm.precision_context)
+                            precision=pm.precision_context, metric=pm.reward_opts.metric)
 
     def on_train_epoch_start(self, trainer, pm) -> None:
         """lambda per group for this epoch: strong enough that the removed slices empty before the cut."""
@@ -167,7 +167,9 @@ class AgentEpisodes(L.Callback):
 
     def _margin(self, top1: float, n: int) -> float:
         """How much a contender must win by: `margin_se` standard errors of a top-1 of `top1`
-        measured on n images (0 without an incumbent or a margin)."""
+        measured on n images (0 without an incumbent or a margin). For a true_prob reward this
+        bounds its standard error from above: a mean of values in [0, 1] varies at most as much
+        as a top-1 with the same mean."""
         if self.margin_se <= 0 or n <= 0 or not math.isfinite(top1):
             return 0.0
         return self.margin_se * math.sqrt(max(top1 * (1.0 - top1), 0.0) / n)

@@ -78,3 +78,44 @@ def test_a_contender_must_win_by_the_paired_margin():
     cb.paired = False  # the unpaired margin: one top-1's standard error, 2.5 points here
     assert not cb._beats(scorer, 0.52, large, 0.5, a, 400) and cb._beats(scorer, 0.53, large, 0.5, a, 400)
     assert cb._beats(scorer, 0.1, None, -float("inf"), None, 400)  # no incumbent yet: any score wins
+
+
+def test_true_prob_scores_the_mean_probability_of_the_true_class():
+    model = net()
+    x, y = torch.randn(40, 3, 8, 8), torch.randint(0, 4, (40,))
+    scorer = RewardScorer(MaskPlan(ChannelStructure(model, x[:1])), x, y, batch_size=16, metric="true_prob")
+    value, per_image = scorer.score(model, None)
+    with torch.no_grad():
+        expected = model.eval()(x).softmax(1)[torch.arange(40), y]
+    assert per_image.dtype == torch.float32 and torch.allclose(per_image, expected, atol=1e-6)
+    assert abs(value - float(expected.mean())) < 1e-6
+    # a smooth counterpart of top-1, not top-1 itself: the random network's top-1 is a multiple of 1/40
+    assert abs(value * 40 - round(value * 40)) > 1e-3
+
+
+def test_paired_gain_of_probabilities_is_the_paired_mean_difference():
+    scorer = RewardScorer(None, torch.zeros(1), torch.zeros(1), metric="true_prob")
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(300, generator=gen)
+    b = (a + 0.02 + 0.01 * torch.randn(300, generator=gen)).clamp(0, 1)
+    gain, se = scorer.paired_gain(a, b)
+    d = (b - a).double()
+    assert abs(gain - float(d.mean())) < 1e-9
+    assert abs(se - float(d.std() / 300 ** 0.5)) < 1e-9
+    # the pairing removes the images' own spread: far smaller than the unpaired error of a mean
+    unpaired = float((a.double().var() / 300 + b.double().var() / 300) ** 0.5)
+    assert se < unpaired / 5 and gain / se > 10
+    assert scorer.paired_gain(b, a)[0] == -gain and scorer.paired_gain(a, a) == (0.0, 0.0)
+    # under DDP the sums are added over ranks first: twice the images, a smaller error
+    doubled = RewardScorer(None, torch.zeros(1), torch.zeros(1), metric="true_prob", all_reduce=lambda t: 2 * t)
+    g2, se2 = doubled.paired_gain(a, b)
+    assert abs(g2 - gain) < 1e-9 and se2 < se
+
+
+def test_an_unknown_reward_metric_is_refused_with_a_sentence():
+    import pytest
+
+    from jointprune.errors import JointPruneError
+    from jointprune.module import JointPruneModule
+    with pytest.raises(JointPruneError, match=r"model\.reward\.metric='top5' is not a reward; use one of \['top1', 'true_prob'\]"):
+        JointPruneModule(net(), flops_budget=0.5, input_shape=(3, 8, 8), num_classes=4, reward={"metric": "top5"})

@@ -125,3 +125,15 @@ def test_negative_margin_is_refused(tmp_path):
     from jointprune.errors import JointPruneError
     with pytest.raises(JointPruneError, match="accept_margin_se=-1.0 must be >= 0"):
         trainer.fit(model, dm)
+
+
+def test_a_run_rewarded_by_the_true_class_probability(tmp_path):
+    """reward.metric: true_prob reaches the agent: every episode's reward is a mean of
+    probabilities over the 64 reward images, not a count of hits, and the run ends in budget."""
+    model, trainer, dm = small_run(tmp_path, reward=RewardOptions(metric="true_prob"))
+    trainer.fit(model, dm)
+    rewards = [float(r) for r in model.replay.reward[:len(model.replay)] if float(r) != 0.0]  # the last step is scored
+    assert len(rewards) >= 6 and all(0.0 < r < 1.0 for r in rewards)
+    assert any(abs(r * 64 - round(r * 64)) > 1e-3 for r in rewards)
+    report = json.loads((tmp_path / "export" / "pruned.json").read_text())
+    assert report["pruned_flops"] <= 0.5 * report["dense_flops"]

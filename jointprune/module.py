@@ -23,8 +23,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from .agent import EnvironmentRepresentation, ReplayBuffer, RewardDecoder, SoftActorCritic
 from .agent.episode import STATE_DIM, PruningEnvironment
 from .agent.training import check_agent_options
-from .errors import JointPruneError
 from .agent.reward import check_reward_metric
+from .errors import JointPruneError
 from .utils.memory_format import check_memory_format, to_memory_format
 from .models.checks import check_exportable, check_outputs
 from .options import (AgentOptions, AlignmentOptions, ClusterOptions, EnvReprOptions, ExportOptions,

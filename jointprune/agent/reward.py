@@ -1,6 +1,6 @@
 """The reward: top-1 accuracy of a masked sub-network on the reward split (`reward.metric: top1`,
 the paper's), or the mean probability it gives the true class (`true_prob`): top-1's smooth
-counterpart on the same 0-1 scale, which tells two sub-networks apart on far fewer images because
+counterpart on the same 0-1 scale, which tells two sub-networks apart on fewer images because
 every image counts by how sure the network is, not only the few it classifies differently.
 
 Under DDP each rank scores its own shard of the reward split and the counts are summed, so

@@ -21,8 +21,8 @@ from ..errors import JointPruneError
 from ..pruning import group_importance, top_k_masks
 from ..pruning.extract import extract_subnetwork
 from ..pruning.latency import measure_pair
-from ..pruning.latency_verify import (NOISE_ALLOWANCE, aimed_target, floor_sentence, kept_for_target,
-                                      rounds_sentence, steadiest, verify_latency)
+from ..pruning.latency_verify import (NOISE_ALLOWANCE, aimed_target, floor_sentence, rounds_sentence, shrunk_for_target,
+                                      steadiest, verify_latency)
 from .sync import broadcast_object
 
 log = logging.getLogger("jointprune")
@@ -59,6 +59,17 @@ def _measurer(pm, scores):
     return measure
 
 
+def _other_budgets_fit(pm):
+    """fits(kept): whether counts meet every budget but the latency one (which the measurement
+    decides), e.g. a FLOPs budget set beside it."""
+    lm = pm.latency_model
+
+    def fits(kept):
+        counts = np.asarray(kept, dtype=np.float64)
+        return all(bool(c.fits(c.model(counts))) for c in pm.clipper.costs if c.model is not lm)
+    return fits
+
+
 def _unmeasurable(err: Exception, device: str, when: str) -> str:
     reason = str(err).splitlines()[0] if str(err) else type(err).__name__
     return (f"the incumbent's latency could not be measured on {device} {when} ({reason}); "
@@ -91,8 +102,9 @@ def correct_aim(trainer, pm) -> dict:
         floor = float(lm(pm.clipper.fewest) / lm.dense)  # every group at its fewest allowed count
         target = aimed_target(budget, pm.latency_points, floor)
         pm.aim_latency(target)
-        if result["predicted"] > target:
-            pm.incumbent_kept, _ = kept_for_target(lm, kept, pm.clipper.candidates, target, below_scale=1.0 + 1e-9)
+        if result["predicted"] > target:  # shrunk, then filled back single groups at a time to the aim
+            pm.incumbent_kept, _ = shrunk_for_target(lm, kept, pm.clipper.candidates, target, below_scale=1.0 + 1e-9,
+                                                     fits=_other_budgets_fit(pm))
             pm.incumbent_masks = top_k_masks(scores, pm.incumbent_kept)
     return dict(result, target=target)
 
@@ -107,12 +119,7 @@ def verify_incumbent(trainer, pm) -> dict:
     result: object = None
     started = time.perf_counter()
     if trainer.is_global_zero:
-        measure = _measurer(pm, scores)
-
-        def fits(kept):  # every budget but the latency one, which the measurement decides
-            counts = np.asarray(kept, dtype=np.float64)
-            return all(bool(c.fits(c.model(counts))) for c in pm.clipper.costs if c.model is not lm)
-
+        measure, fits = _measurer(pm, scores), _other_budgets_fit(pm)
         # measure_pair draws its input from the global generator: rank 0 alone must not move it
         try:
             with torch.random.fork_rng(devices=[]):

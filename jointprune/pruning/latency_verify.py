@@ -27,8 +27,10 @@ measurement sits under the budget by more than its noise and GROW_GAP of the bud
 are left, the same correction aims at the budget from below: one common scale above the current
 one (counts may grow past the agent's, up to each group's full width), the largest whose
 corrected prediction meets the budget and whose counts `fits` accepts (every other budget, e.g.
-FLOPs). The grown network is measured; if it meets the budget it is the new incumbent, else the
-last met one is kept and the loop stops. `accepted` names the round whose network is returned.
+FLOPs). When no larger common scale changes a count within the target (coarse allowed counts),
+single groups are raised instead (`filled_for_target`). The grown network is measured; if it
+meets the budget it is the new incumbent, else the last met one is kept and the loop stops.
+`accepted` names the round whose network is returned.
 
 Why a factor, not an offset: the model's misses scale with the network. In
 `bench_latency_budget.py` (MobileNetV2 w0.5 and ResNet-56, digits 16x16, batch 64, one thread)
@@ -147,6 +149,51 @@ def grown_for_target(model, kept: Sequence[int], candidates: Sequence[np.ndarray
     return None
 
 
+def filled_for_target(model, current: Sequence[int], shape: Sequence[int], candidates: Sequence[np.ndarray],
+                      target: float, fits: Callable[[list[int]], bool],
+                      ceiling: Sequence[int] | None = None) -> list[int] | None:
+    """`current` with single groups raised to their next allowed count (never above `ceiling`,
+    when given) while the model puts the network at or under `target` and `fits` accepts it;
+    None when no group can grow.
+
+    Why: growing by one common scale moves every group at once, and with coarse allowed counts
+    (multiples of 8 in 16-channel groups: 8 or 16) the next scale that changes any count can
+    jump from well under the budget to over it (ResNet-56 at budget 0.7 stopped at 0.62-0.64).
+    Each step raises the group that has grown least relative to `shape` (the agent's counts), so
+    the filled network stays close to a common scale of the agent's choice. The same coarseness
+    makes a common-scale shrink overshoot (an aim correction during the agent's epochs took an
+    incumbent the model put at 0.698 down to 0.580 for a target of 0.690, and the alignment then
+    emptied the channels the loop gave back at the end), so that shrink is filled back too, with
+    its counts before the shrink as the ceiling (`shrunk_for_target`). The loop's own shrink is
+    not: it re-measures after each step and grows back what it overshot."""
+    counts = [int(c) for c in current]
+    changed = False
+    while True:
+        order = sorted(range(len(counts)), key=lambda g: (counts[g] / max(int(shape[g]), 1), g))
+        for g in order:
+            cands = candidates[g]
+            i = int(np.searchsorted(cands, counts[g], side="right"))
+            if i >= len(cands) or (ceiling is not None and int(cands[i]) > int(ceiling[g])):
+                continue  # at full width, or at the ceiling
+            trial = list(counts)
+            trial[g] = int(cands[i])
+            if float(model(np.asarray(trial, dtype=np.float64)) / model.dense) <= target and fits(trial):
+                counts, changed = trial, True
+                break
+        else:
+            return counts if changed else None
+
+
+def shrunk_for_target(model, kept: Sequence[int], candidates: Sequence[np.ndarray], target: float,
+                      below_scale: float, fits: Callable[[list[int]], bool] | None = None) -> tuple[list[int], float]:
+    """`kept_for_target`, then single groups filled back toward `target`, never above the counts
+    at `below_scale` (the network before this shrink), so counts, and FLOPs, only go down."""
+    counts, scale = kept_for_target(model, kept, candidates, target, below_scale)
+    before = shrink(kept, below_scale, candidates)
+    filled = filled_for_target(model, counts, kept, candidates, target, fits or (lambda c: True), ceiling=before)
+    return (filled if filled is not None else counts), scale
+
+
 def verify_latency(model, kept: Sequence[int], candidates: Sequence[np.ndarray], budget: float, rounds: int,
                    measure: Callable[[list[int]], dict], fits: Callable[[list[int]], bool] | None = None) -> dict:
     """Measure `kept`, shrink it until the measured ratio meets `budget`, then grow it back while
@@ -162,6 +209,7 @@ def verify_latency(model, kept: Sequence[int], candidates: Sequence[np.ndarray],
     history: list[dict] = []
     points: list[tuple[float, float]] = []
     best = None  # (round, counts) of the last network that met the budget
+    filling = False  # growing group by group (`filled_for_target`) once a common scale cannot
     for r in range(rounds + 1):
         predicted = float(model(np.asarray(current, dtype=np.float64)) / model.dense)
         m, taken = steadiest(measure, current, budget)
@@ -177,9 +225,13 @@ def verify_latency(model, kept: Sequence[int], candidates: Sequence[np.ndarray],
             if r == rounds or budget - ratio <= max(noise, GROW_GAP * budget):
                 break
             target = corrected_target(budget, points)
-            step = grown_for_target(model, kept, candidates, target, scale, fits)
+            step = None if filling else grown_for_target(model, kept, candidates, target, scale, fits)
             if step is None:
-                break
+                filled = filled_for_target(model, current, kept, candidates, target, fits)
+                if filled is None:
+                    break
+                current, filling = filled, True
+                continue
             current, scale = step
             continue
         if current == floor:

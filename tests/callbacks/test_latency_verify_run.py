@@ -206,6 +206,13 @@ def test_a_slow_device_lowers_the_aim_and_later_episodes_follow_it(monkeypatch):
     # the incumbent is shrunk to the aim, keeping its shape, and its masks follow
     assert model_ratio(pm, pm.incumbent_kept) <= 0.64 < model_ratio(pm, [6, 9])
     assert all(a <= b for a, b in zip(pm.incumbent_kept, [6, 9]))
+    # ... and filled back as close under the aim as single groups allow (no overshoot below it)
+    for g, cands in enumerate(pm.clipper.candidates):
+        nxt = [int(c) for c in cands if pm.incumbent_kept[g] < c <= [6, 9][g]]
+        if nxt:
+            trial = list(pm.incumbent_kept)
+            trial[g] = nxt[0]
+            assert model_ratio(pm, trial) > 0.64
     assert [int(m.sum()) for m in pm.incumbent_masks] == pm.incumbent_kept
     # any later episode, even one asking to keep everything, is clipped to the aim
     episode = pm.environment.rollout(lambda state: 0.0)

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from jointprune.pruning import KeepRule
-from jointprune.pruning.latency_verify import (GROW_GAP, REMEASURE, corrected_target, floor_sentence, grown_for_target,
-                                               kept_for_target, rounds_sentence, shrink, verify_latency, within_budget)
+from jointprune.pruning.latency_verify import (GROW_GAP, REMEASURE, corrected_target, filled_for_target, floor_sentence,
+                                               grown_for_target, kept_for_target, rounds_sentence, shrink, shrunk_for_target,
+                                               verify_latency, within_budget)
 
 SIZES = [16, 32, 64, 64]
 RULE = KeepRule(max_ratio=0.8)
@@ -226,3 +227,56 @@ def test_a_noisy_measurement_is_taken_again_and_the_steadiest_counts():
     always_noisy = verify_latency(model, kept, CANDS, 0.7, rounds=0,
                                   measure=lambda k: {"ratio": 0.6, "noise": 0.3})
     assert always_noisy["rounds"][0]["measurements"] == 1 + REMEASURE
+
+
+CANDS8 = [KeepRule(max_ratio=0.8, round_to=8).candidates(n) for n in SIZES]  # 16 channels: 8 or 16
+
+
+def exact_device(model):
+    return lambda kept: {"ratio": float(model(kept)) / model.dense, "noise": 0.001}
+
+
+def test_with_coarse_counts_single_groups_grow_where_a_common_scale_cannot():
+    model = Additive()
+    kept = [8, 16, 32, 32]  # measures 0.562; the first common scale that changes a count: 0.652
+    assert grown_for_target(model, kept, CANDS8, 0.6, 1.0, fits=lambda k: True) is None
+    result = verify_latency(model, kept, CANDS8, 0.6, rounds=3, measure=exact_device(model))
+    assert result["status"] == "met" and result["accepted"] == 1 and result["rounds"][1]["grown"]
+    # the group grown least relative to the agent's counts went first; no other step fits 0.6
+    assert result["kept"] == [16, 16, 32, 32]
+    assert 0.562 < result["rounds"][1]["measured"] <= 0.6
+
+
+def test_filled_for_target_is_maximal_and_follows_the_agents_shape():
+    model = Additive()
+    shape = [8, 16, 32, 32]
+    target = 0.75
+    filled = filled_for_target(model, shape, shape, CANDS8, target, fits=lambda k: True)
+    assert float(model(filled)) / model.dense <= target
+    assert all(f >= k and f in list(c) for f, k, c in zip(filled, shape, CANDS8))
+    for g, c in enumerate(CANDS8):  # no single further step fits the target
+        nxt = [x for x in c if x > filled[g]]
+        if nxt:
+            trial = list(filled)
+            trial[g] = int(nxt[0])
+            assert float(model(trial)) / model.dense > target
+    # growth relative to the agent's counts stays even: no group more than one step ahead of another
+    growth = [f / k for f, k in zip(filled, shape)]
+    assert max(growth) <= 2.0 and min(growth) >= 1.0
+    # the other budgets bound it, and with no room it says so
+    assert filled_for_target(model, shape, shape, CANDS8, target, fits=lambda k: sum(k) <= sum(shape)) is None
+    assert filled_for_target(model, SIZES, SIZES, CANDS8, 1.0, fits=lambda k: True) is None
+
+
+def test_a_coarse_shrink_is_filled_back_under_its_ceiling():
+    model = Additive()
+    kept = [16, 32, 64, 64]  # the dense counts; the target asks for a little less
+    target = 0.95
+    coarse, scale = kept_for_target(model, kept, CANDS8, target, below_scale=1.0 + 1e-9)
+    filled, same_scale = shrunk_for_target(model, kept, CANDS8, target, below_scale=1.0 + 1e-9)
+    assert same_scale == scale
+    ratio = lambda k: float(model(k)) / model.dense  # noqa: E731
+    assert ratio(coarse) < ratio(filled) <= target  # the common scale overshot; single groups came back
+    assert all(c <= f <= k for c, f, k in zip(coarse, filled, kept))  # never above the counts it shrank from
+    # other budgets bound the fill: with none to spare it stays the common-scale shrink
+    assert shrunk_for_target(model, kept, CANDS8, target, 1.0 + 1e-9, fits=lambda k: sum(k) <= sum(coarse))[0] == coarse

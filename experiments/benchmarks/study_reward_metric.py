@@ -79,7 +79,9 @@ def probe_callback(job: dict, dm):
     return Probe()
 
 
-def run(job: dict) -> dict:
+def fit(job: dict, make_callback):
+    """One jointprune run of the harness (task, net, budget, seed, --set overrides of the quickstart's
+    module options) with the callback make_callback(dm) beside it: (module, dm, callback)."""
     import contextlib
     import copy
     import io
@@ -97,16 +99,21 @@ def run(job: dict) -> dict:
     cnn = bm.make_cnn(job["net"], dm.num_classes)
     kw = copy.deepcopy(bm.module_options(job["overrides"]))
     kw.setdefault("agent", {})["policy"] = "sac"
-    probe = probe_callback(job, dm)
+    callback = make_callback(dm)
     with tempfile.TemporaryDirectory() as tmp:
         kw.setdefault("export", {})["dirpath"] = str(Path(tmp) / "export")
         model = JointPruneModule(cnn, flops_budget=job["budget"], input_shape=dm.input_shape,
                                  num_classes=dm.num_classes, seed=job["seed"], **kw)
         trainer = L.Trainer(max_epochs=bm.TASKS[job["task"]]["epochs"], accelerator="cpu", devices=1, logger=False,
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            num_sanity_val_steps=0, default_root_dir=tmp, callbacks=[probe])
+                            num_sanity_val_steps=0, default_root_dir=tmp, callbacks=[callback])
         with contextlib.redirect_stdout(io.StringIO()):
             trainer.fit(model, dm)
+    return model, dm, callback
+
+
+def run(job: dict) -> dict:
+    _, _, probe = fit(job, lambda dm: probe_callback(job, dm))
     if probe.result is None:
         raise SystemExit(f"epoch {job['epoch']} was never reached (is it an agent epoch of this schedule?)")
     return dict(job, **probe.result)

@@ -42,31 +42,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1]))
 
 import bench_methods as bm  # noqa: E402  the harness: tasks, nets, data, module options
-from study_reward_metric import fit  # noqa: E402  one harness run with a callback beside it
+from study_reward_metric import fit, halves_of_test_split, rewards  # noqa: E402  the harness run, test halves, scoring
 
 RESULTS = HERE / "results"
-
-
-def halves_of_test_split(dm):
-    import torch
-    xs, ys = zip(*dm.test_dataloader())
-    x, y = torch.cat(xs), torch.cat(ys)
-    half = len(y) // 2
-    return (x[:half], y[:half]), (x[half:], y[half:])
-
-
-def top1_batch_stats(model, x, y, batch: int = 500) -> float:
-    """Top-1 with each batch's own BN statistics (the agent's `recalibration_source: reward`);
-    running statistics restored."""
-    import torch
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    model.train()
-    right = 0
-    with torch.no_grad():
-        for i in range(0, len(y), batch):
-            right += int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum())
-    model.load_state_dict(state)
-    return right / len(y)
 
 
 def tuned_scores(pm, masks, dm, x, y, steps: list[int]) -> dict:
@@ -74,6 +52,7 @@ def tuned_scores(pm, masks, dm, x, y, steps: list[int]) -> dict:
     import torch
     import torch.nn.functional as F
 
+    from jointprune.agent.reward import RewardScorer
     from jointprune.pruning.extract import extract_subnetwork
     small = extract_subnetwork(pm.cnn, pm.structure, masks).train()
     opt_cfg = pm.optim
@@ -93,7 +72,8 @@ def tuned_scores(pm, masks, dm, x, y, steps: list[int]) -> dict:
             F.cross_entropy(small(xb), yb).backward()
             opt.step()
             done += 1
-        out[f"tuned{k}"] = top1_batch_stats(small, x, y)
+        # each batch's own BN statistics, as the agent scores (no masks: the network is cut)
+        out[f"tuned{k}"] = RewardScorer(None, x, y, batch_size=500).score(small, None, batch_stats=True)[0]
     return out
 
 
@@ -123,18 +103,13 @@ def probe_callback(job: dict, dm):
                 masks = top_k_masks(scores, kept)
                 row = dict(kept=list(kept), flops=pm.flops(kept) / pm.flops.dense,
                            reward128=episodes.scorer(pm.cnn, masks, *pm.reward_calibration()))
-                row["large"] = _large(pm, masks, x, y)
+                row["large"] = rewards(pm, masks, x, y, 500, metrics=("top1",))["top1"]
                 row.update(tuned_scores(pm, masks, dm, x, y, job["steps"]))
                 rows.append(row)
             self.result = dict(rows=rows, weights=bm.state_hash(pm.cnn))
             trainer.should_stop = True
 
     return Probe()
-
-
-def _large(pm, masks, x, y) -> float:
-    from jointprune.agent.reward import RewardScorer
-    return RewardScorer(pm.plan, x, y, batch_size=500).score(pm.cnn, masks, None, batch_stats=True)[0]
 
 
 def override_callback(job: dict, kept: list[int], perturb: int | None = None):

@@ -47,9 +47,17 @@ def rewards(pm, masks, x, y, batch_size: int, metrics=METRICS) -> dict:
             for m in metrics}
 
 
+def halves_of_test_split(dm):
+    """((x, y) of the test split's first half, (x, y) of its second half)."""
+    import torch
+    xs, ys = zip(*dm.test_dataloader())
+    x, y = torch.cat(xs), torch.cat(ys)
+    half = len(y) // 2
+    return (x[:half], y[:half]), (x[half:], y[half:])
+
+
 def probe_callback(job: dict, dm):
     import lightning as L
-    import torch
 
     from jointprune.pruning import group_importance, top_k_masks
 
@@ -60,9 +68,8 @@ def probe_callback(job: dict, dm):
             if trainer.current_epoch != job["epoch"]:
                 return
             episodes = next(c for c in trainer.callbacks if type(c).__name__ == "AgentEpisodes")
-            xs, ys = zip(*dm.test_dataloader())
-            x, y = torch.cat(xs), torch.cat(ys)
-            half, n = len(y) // 2, job["sample"]
+            (x_ref, y_ref), (x, y) = halves_of_test_split(dm)
+            n = job["sample"]
             scores = group_importance(pm.cnn, pm.structure, pm.pruning.importance)
             allocations = [pm.environment.uniform_under_budget()]
             allocations += [episodes._rollout(pm, None, True).kept for _ in range(job["allocations"] - 1)]
@@ -70,8 +77,8 @@ def probe_callback(job: dict, dm):
             for kept in allocations:
                 masks = top_k_masks(scores, kept)
                 # the reference needs top-1 only: one pass over the large half
-                reference.append(rewards(pm, masks, x[:half], y[:half], 512, metrics=("top1",))["top1"])
-                small.append([rewards(pm, masks, x[half + s * n:half + (s + 1) * n], y[half + s * n:half + (s + 1) * n], n)
+                reference.append(rewards(pm, masks, x_ref, y_ref, 512, metrics=("top1",))["top1"])
+                small.append([rewards(pm, masks, x[s * n:(s + 1) * n], y[s * n:(s + 1) * n], n)
                               for s in range(job["samples"])])
             self.result = dict(allocations=[list(a) for a in allocations], reference=reference, small=small)
             trainer.should_stop = True
